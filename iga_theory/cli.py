@@ -1,0 +1,58 @@
+"""The ``iga`` command line: one entry point, one subcommand per job.
+
+Each subcommand lives in its own module, which defines ``register(subparsers)``
+(adds the parser and sets ``func``) and is imported only when the command runs, so
+``iga --help`` stays fast and the LLM extras are needed only by the LLM commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Subcommand name -> (module defining ``register``, one-line summary for ``iga --help``).
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "report": ("iga_theory.commands.report", "run the synthetic experiments and write the PDF report"),
+}
+
+
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """Build the top-level parser; register every subcommand, or only ``selected``."""
+    parser = argparse.ArgumentParser(
+        prog="iga",
+        description="Invariant Gradient Alignment: theory checks, baselines and LoRA distillation.",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging verbosity of the library (default: INFO)",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, summary) in SUBCOMMANDS.items():
+        if selected is not None and name != selected:
+            subparsers.add_parser(name, help=summary, add_help=False)
+            continue
+        module = importlib.import_module(module_name)
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``iga``; return the process exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((arg for arg in argv if arg in SUBCOMMANDS), None)
+    parser = build_parser(selected)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    if args.command is None or not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``iga`` command line, one module each."""

@@ -1,0 +1,257 @@
+r"""Continuous Gradient Conflict Mask (CGCM), numpy reference implementation.
+
+Given per-domain gradients ``g`` of shape ``(K, ...)`` the mask is computed
+coordinate by coordinate from the cross-domain mean and variance:
+
+.. math::
+
+    \mu_j = \frac1K \sum_e g_{e,j}, \qquad
+    s^2_j = \frac1{K-1} \sum_e (g_{e,j} - \mu_j)^2, \qquad
+    c_j = \frac{s^2_j}{\mu_j^2 + \varepsilon},
+
+    m_j = m_{\min} + (1 - m_{\min})
+          \frac{\sigma(\kappa_0 (1 - c_j / \tau))}{\sigma(\kappa_0)},
+
+with :math:`\sigma` the logistic function. Symbols: ``mu`` cross-domain mean, ``s2``
+cross-domain variance (unbiased by default, ``variance="population"`` divides by K),
+``c`` conflict score, ``tau`` threshold, ``kappa0`` scale-free sharpness, ``m_min``
+floor. The default ``eps = eps_rel * mean_j(mu_j^2 + s2_j)`` is relative to the tensor,
+which keeps the mask exactly invariant to a rescaling of all gradients. A coordinate
+with ``mu_j = s2_j = 0`` has ``c_j = 0`` (full agreement) by definition.
+
+Dividing by :math:`\sigma(\kappa_0)` makes full agreement (``c = 0``) give exactly 1,
+so IGA reduces to plain gradient descent when all domains agree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special, stats
+
+from iga_theory.errors import check_domain_stack, check_finite, check_in_range
+
+# Sharpness of the sigmoid in units of the threshold: kappa0 = 20 takes the mask from
+# 0.99 to 0.01 while c moves from 0.77 tau to 1.23 tau.
+DEFAULT_KAPPA0 = 20.0
+# Effect-size threshold: keep a coordinate whose cross-domain mean lies at least
+# sqrt(1 / tau0) ~ 3.2 cross-domain standard deviations from zero.
+DEFAULT_TAU0 = 0.1
+# Two-sided level of the significance cap on tau (see `default_tau`).
+DEFAULT_ALPHA = 0.05
+# Relative regulariser of the conflict score's denominator.
+DEFAULT_EPS_REL = 1e-8
+
+VARIANCE_DIVISORS = {"unbiased": lambda K: K - 1, "population": lambda K: K}
+CONFLICT_SCORES = ("variance", "sign")
+
+
+def _as_float_array(name: str, g) -> np.ndarray:
+    """Return ``g`` as a float32 or float64 array (float16 is upcast to float32)."""
+    g = np.asarray(g)
+    if not np.issubdtype(g.dtype, np.floating):
+        raise TypeError(f"{name} must be a floating-point array; got dtype {g.dtype}")
+    if g.dtype not in (np.float32, np.float64):
+        g = g.astype(np.float32)  # float16 and friends: compute in float32
+    return g
+
+
+def _check_variance(variance: str) -> None:
+    if variance not in VARIANCE_DIVISORS:
+        raise ValueError(
+            f"variance must be one of {sorted(VARIANCE_DIVISORS)}; got {variance!r}"
+        )
+
+
+def cross_domain_moments(g, variance: str = "unbiased") -> tuple[np.ndarray, np.ndarray]:
+    """Cross-domain mean and variance of stacked per-domain gradients.
+
+    Uses the two-pass formula (mean first, then centred squares), which stays exact to
+    rounding when ``|mu| >> sqrt(s2)``; the streaming accumulator in
+    `iga_theory.stats` gives the same numbers without holding all K gradients.
+
+    Parameters
+    ----------
+    g : array_like, shape (K, ...), float
+        One gradient per domain, K >= 2, finite.
+    variance : {"unbiased", "population"}
+        Divide the sum of squares by K - 1 (default) or by K.
+
+    Returns
+    -------
+    mu, s2 : ndarray, shape g.shape[1:], dtype of g (float32 or float64)
+    """
+    _check_variance(variance)
+    g = _as_float_array("g", g)
+    K = check_domain_stack("g", g.shape)
+    check_finite("g", g)
+
+    mu = g.mean(axis=0)
+    s2 = ((g - mu) ** 2).sum(axis=0) / VARIANCE_DIVISORS[variance](K)
+    return mu, s2
+
+
+def relative_eps(mu: np.ndarray, s2: np.ndarray, eps_rel: float = DEFAULT_EPS_REL) -> float:
+    """Relative denominator regulariser ``eps_rel * mean_j(mu_j^2 + s2_j)`` (0 for all-zero input)."""
+    return float(eps_rel * np.mean(mu.astype(np.float64) ** 2 + s2))
+
+
+def conflict_score(mu, s2, eps: float | None = None, eps_rel: float = DEFAULT_EPS_REL) -> np.ndarray:
+    """Conflict score ``c = s2 / (mu^2 + eps)``, with ``c = 0`` where ``mu = s2 = 0``.
+
+    Parameters
+    ----------
+    mu, s2 : ndarray, same shape, float
+        Cross-domain mean and variance.
+    eps : float or None
+        Absolute regulariser. ``None`` (default) uses the relative rule
+        ``eps = eps_rel * mean(mu^2 + s2)``, which keeps c invariant to rescaling.
+    eps_rel : float
+        Relative regulariser, used when ``eps`` is None.
+
+    Returns
+    -------
+    c : ndarray, same shape and dtype as mu, values in [0, inf]
+    """
+    mu = np.asarray(mu)
+    s2 = np.asarray(s2)
+    if eps is None:
+        eps = relative_eps(mu, s2, check_in_range("eps_rel", eps_rel, 0.0, np.inf))
+    else:
+        eps = check_in_range("eps", eps, 0.0, np.inf)
+
+    denominator = mu * mu + eps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.where(s2 == 0, 0.0, s2 / denominator).astype(mu.dtype, copy=False)
+    return c
+
+
+def sign_conflict_score(g) -> np.ndarray:
+    """Sign-agreement conflict score ``c_sign = 1 - |sum_e g_e| / sum_e |g_e|``.
+
+    0 when all domains share the sign of a coordinate (whatever their scales), 1 when
+    they cancel exactly; a coordinate where every gradient is 0 has score 0.
+
+    Parameters
+    ----------
+    g : array_like, shape (K, ...), float, K >= 2
+
+    Returns
+    -------
+    c_sign : ndarray, shape g.shape[1:], values in [0, 1]
+    """
+    g = _as_float_array("g", g)
+    check_domain_stack("g", g.shape)
+    check_finite("g", g)
+
+    total = np.abs(g).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(total == 0, 1.0, np.abs(g.sum(axis=0)) / total)
+    return np.clip(1.0 - ratio, 0.0, 1.0).astype(g.dtype, copy=False)
+
+
+def default_tau(K: int, tau0: float = DEFAULT_TAU0, alpha: float = DEFAULT_ALPHA,
+                variance: str = "unbiased") -> float:
+    """Default threshold ``tau = min(tau0, K / t^2_{K-1, 1 - alpha/2})``.
+
+    With the unbiased variance ``c_j = K / t_j^2`` for the one-sample t-statistic
+    ``t_j = sqrt(K) mu_j / s_j``, so ``c_j < K / t^2_{K-1,1-alpha/2}`` is a two-sided
+    t-test of ``mu_j != 0`` at level alpha. The cap keeps a pure-noise coordinate with
+    probability about alpha at small K; tau0 is the effect-size target that takes over
+    as K grows. For ``variance="population"`` the threshold is multiplied by (K-1)/K,
+    because the population conflict score is (K-1)/K times the unbiased one.
+    """
+    if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 2:
+        raise ValueError(f"K must be an integer >= 2 for a cross-domain variance; got {K!r}")
+    tau0 = check_in_range("tau0", tau0, 0.0, np.inf, low_open=True)
+    alpha = check_in_range("alpha", alpha, 0.0, 1.0, low_open=True, high_open=True)
+    _check_variance(variance)
+
+    t_crit = stats.t.ppf(1.0 - alpha / 2.0, df=K - 1)
+    tau = min(tau0, K / t_crit**2)
+    if variance == "population":
+        tau *= (K - 1) / K
+    return float(tau)
+
+
+def mask_from_score(c, tau: float, kappa0: float = DEFAULT_KAPPA0, m_min: float = 0.0) -> np.ndarray:
+    """Map conflict scores to mask values ``m_min + (1-m_min) sigmoid(kappa0 (1 - c/tau)) / sigmoid(kappa0)``.
+
+    Parameters
+    ----------
+    c : ndarray, float, values in [0, inf]
+    tau : float, > 0
+    kappa0 : float, > 0
+    m_min : float, in [0, 1)
+
+    Returns
+    -------
+    m : ndarray, same shape and dtype as c, values in [m_min, 1]
+    """
+    tau = check_in_range("tau", tau, 0.0, np.inf, low_open=True)
+    kappa0 = check_in_range("kappa0", kappa0, 0.0, np.inf, low_open=True)
+    m_min = check_in_range("m_min", m_min, 0.0, 1.0, high_open=True)
+    c = np.asarray(c)
+
+    z = kappa0 * (1.0 - c / tau)
+    ratio = special.expit(z) / special.expit(kappa0)
+    m = m_min + (1.0 - m_min) * np.minimum(ratio, 1.0)
+    return m.astype(c.dtype, copy=False)
+
+
+def conflict_mask(g, tau: float | None = None, kappa0: float = DEFAULT_KAPPA0, m_min: float = 0.0,
+                  eps: float | None = None, eps_rel: float = DEFAULT_EPS_REL,
+                  variance: str = "unbiased", score: str = "variance") -> np.ndarray:
+    """Continuous gradient conflict mask of stacked per-domain gradients.
+
+    Parameters
+    ----------
+    g : array_like, shape (K, ...), float32 or float64 (float16 is computed in float32)
+        One gradient per domain, K >= 2, finite.
+    tau : float or None
+        Threshold on the conflict score; None uses `default_tau` for this K.
+        For ``score="sign"`` the score lies in [0, 1] and tau must be given.
+    kappa0, m_min, eps, eps_rel, variance
+        See `mask_from_score`, `conflict_score` and `cross_domain_moments`.
+    score : {"variance", "sign"}
+        ``"variance"``: c = s2 / (mu^2 + eps). ``"sign"``: `sign_conflict_score`.
+
+    Returns
+    -------
+    m : ndarray, shape g.shape[1:], values in [m_min, 1]
+    """
+    if score not in CONFLICT_SCORES:
+        raise ValueError(f"score must be one of {CONFLICT_SCORES}; got {score!r}")
+    g = _as_float_array("g", g)
+    K = check_domain_stack("g", g.shape)
+
+    if score == "sign":
+        if tau is None:
+            raise ValueError("score='sign' needs an explicit tau in (0, 1]; got tau=None")
+        c = sign_conflict_score(g)
+    else:
+        mu, s2 = cross_domain_moments(g, variance=variance)
+        c = conflict_score(mu, s2, eps=eps, eps_rel=eps_rel)
+        if tau is None:
+            tau = default_tau(K, variance=variance)
+    return mask_from_score(c, tau, kappa0=kappa0, m_min=m_min)
+
+
+def iga_direction(g, **mask_options) -> tuple[np.ndarray, np.ndarray]:
+    """IGA direction ``d = mask * mu`` of stacked per-domain gradients.
+
+    Parameters
+    ----------
+    g : array_like, shape (K, ...), float
+    **mask_options
+        Passed to `conflict_mask`.
+
+    Returns
+    -------
+    d : ndarray, shape g.shape[1:]
+        Masked mean gradient; ``|d_j| <= |mu_j|`` with the sign of ``mu_j``.
+    mask : ndarray, shape g.shape[1:]
+    """
+    g = _as_float_array("g", g)
+    mask = conflict_mask(g, **mask_options)
+    mu = g.mean(axis=0)
+    return mask * mu, mask
