@@ -143,31 +143,36 @@ def to_dict(instance) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(instance)))
 
 
-def load_config(cls, path: str | Path):
-    """Read a JSON (``.json``) or TOML (``.toml``) file into the configuration class ``cls``."""
+def read_config_file(path: str | Path) -> dict:
+    """Parse a JSON (``.json``) or TOML (``.toml``) configuration file into plain data."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"configuration file not found: {str(path)!r}; pass an existing .json or .toml file")
     suffix = path.suffix.lower()
+    if suffix not in (".json", ".toml"):
+        raise ConfigError(f"configuration file {str(path)!r} must end in .json or .toml; got {suffix!r}")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read configuration file {str(path)!r}: {error}") from error
     try:
-        if suffix == ".json":
-            data = json.loads(text)
-        elif suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            raise ConfigError(f"configuration file {str(path)!r} must end in .json or .toml; got {suffix!r}")
+        data = json.loads(text) if suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
         raise ConfigError(f"configuration file {str(path)!r} is not valid {suffix[1:].upper()}: {error}") from error
-    return from_dict(cls, data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration file {str(path)!r} must hold a table/object at the top level")
+    return data
 
 
-def config_hash(instance, length: int = 12) -> str:
-    """Short SHA-256 of the configuration's canonical JSON, used to name run folders."""
-    canonical = json.dumps(to_dict(instance), sort_keys=True, separators=(",", ":"))
+def load_config(cls, path: str | Path):
+    """Read a JSON or TOML file into the configuration class ``cls`` (missing keys take defaults)."""
+    return from_dict(cls, read_config_file(path))
+
+
+def config_hash(config, length: int = 12) -> str:
+    """Short SHA-256 of a configuration's canonical JSON (dataclass or plain data), naming run folders."""
+    data = to_dict(config) if dataclasses.is_dataclass(config) else config
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:length]
 
 

@@ -21,6 +21,15 @@ with ``mu_j = s2_j = 0`` has ``c_j = 0`` (full agreement) by definition.
 
 Dividing by :math:`\sigma(\kappa_0)` makes full agreement (``c = 0``) give exactly 1,
 so IGA reduces to plain gradient descent when all domains agree.
+
+Precision. Everything is computed in the gradients' dtype (float32 or float64;
+float16 is computed in float32) with the two-pass formula for the variance, summing
+the domains in order ``e = 0 .. K-1``; only the relative eps is summed in float64. The numba kernels of `iga_theory.mask_numba` follow the
+same order of operations, and `iga_theory.mask_torch` is the autograd version.
+
+The sign-agreement score ``c_sign = 1 - |sum_e g_e| / sum_e |g_e|`` is a named
+alternative (``score="sign"``) that ignores differences of scale between domains whose
+signs agree.
 """
 
 from __future__ import annotations
@@ -49,7 +58,10 @@ def _as_float_array(name: str, g) -> np.ndarray:
     """Return ``g`` as a float32 or float64 array (float16 is upcast to float32)."""
     g = np.asarray(g)
     if not np.issubdtype(g.dtype, np.floating):
-        raise TypeError(f"{name} must be a floating-point array; got dtype {g.dtype}")
+        raise TypeError(
+            f"{name} must be a floating-point array; got dtype {g.dtype}. "
+            "Convert it with .astype(np.float32) or .astype(np.float64)."
+        )
     if g.dtype not in (np.float32, np.float64):
         g = g.astype(np.float32)  # float16 and friends: compute in float32
     return g
@@ -60,6 +72,24 @@ def _check_variance(variance: str) -> None:
         raise ValueError(
             f"variance must be one of {sorted(VARIANCE_DIVISORS)}; got {variance!r}"
         )
+
+
+def _check_moments(mu, s2) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a (mean, variance) pair: same shape, float, finite, s2 >= 0."""
+    mu = _as_float_array("mu", mu)
+    s2 = _as_float_array("s2", s2)
+    if mu.shape != s2.shape:
+        raise ValueError(f"mu and s2 must have the same shape; got {mu.shape} and {s2.shape}")
+    if mu.size == 0:
+        raise ValueError(f"mu and s2 are empty (shape {mu.shape}); pass at least one coordinate")
+    check_finite("mu", mu)
+    check_finite("s2", s2)
+    if np.any(s2 < 0):
+        raise ValueError(
+            f"s2 must be >= 0 (a variance); got minimum {float(s2.min())}. "
+            "Pass the cross-domain variance, not a difference of second moments."
+        )
+    return mu, s2.astype(mu.dtype, copy=False)
 
 
 def cross_domain_moments(g, variance: str = "unbiased") -> tuple[np.ndarray, np.ndarray]:
@@ -85,44 +115,51 @@ def cross_domain_moments(g, variance: str = "unbiased") -> tuple[np.ndarray, np.
     K = check_domain_stack("g", g.shape)
     check_finite("g", g)
 
-    mu = g.mean(axis=0)
-    s2 = ((g - mu) ** 2).sum(axis=0) / VARIANCE_DIVISORS[variance](K)
+    mu = g.sum(axis=0) / g.dtype.type(K)
+    s2 = ((g - mu) ** 2).sum(axis=0) / g.dtype.type(VARIANCE_DIVISORS[variance](K))
     return mu, s2
 
 
 def relative_eps(mu: np.ndarray, s2: np.ndarray, eps_rel: float = DEFAULT_EPS_REL) -> float:
-    """Relative denominator regulariser ``eps_rel * mean_j(mu_j^2 + s2_j)`` (0 for all-zero input)."""
-    return float(eps_rel * np.mean(mu.astype(np.float64) ** 2 + s2))
+    """Relative denominator regulariser ``eps_rel * mean_j(mu_j^2 + s2_j)``, summed in float64.
+
+    Returns 0 for all-zero input.
+    """
+    mu64 = np.asarray(mu, dtype=np.float64)
+    return float(eps_rel * np.mean(mu64 * mu64 + np.asarray(s2, dtype=np.float64)))
+
+
+def _resolve_eps(mu, s2, eps, eps_rel) -> float:
+    if eps is None:
+        return relative_eps(mu, s2, check_in_range("eps_rel", eps_rel, 0.0, np.inf))
+    return check_in_range("eps", eps, 0.0, np.inf)
 
 
 def conflict_score(mu, s2, eps: float | None = None, eps_rel: float = DEFAULT_EPS_REL) -> np.ndarray:
-    """Conflict score ``c = s2 / (mu^2 + eps)``, with ``c = 0`` where ``mu = s2 = 0``.
+    """Conflict score ``c = s2 / (mu^2 + eps)``, with ``c = 0`` where ``s2 = 0``.
 
     Parameters
     ----------
-    mu, s2 : ndarray, same shape, float
+    mu, s2 : array_like, same shape, float, finite, s2 >= 0
         Cross-domain mean and variance.
-    eps : float or None
+    eps : float >= 0 or None
         Absolute regulariser. ``None`` (default) uses the relative rule
         ``eps = eps_rel * mean(mu^2 + s2)``, which keeps c invariant to rescaling.
-    eps_rel : float
+    eps_rel : float >= 0
         Relative regulariser, used when ``eps`` is None.
 
     Returns
     -------
     c : ndarray, same shape and dtype as mu, values in [0, inf]
+        ``inf`` where ``mu_j^2 + eps = 0 < s2_j`` (pure conflict with eps = 0).
     """
-    mu = np.asarray(mu)
-    s2 = np.asarray(s2)
-    if eps is None:
-        eps = relative_eps(mu, s2, check_in_range("eps_rel", eps_rel, 0.0, np.inf))
-    else:
-        eps = check_in_range("eps", eps, 0.0, np.inf)
+    mu, s2 = _check_moments(mu, s2)
+    eps = _resolve_eps(mu, s2, eps, eps_rel)
 
-    denominator = mu * mu + eps
-    with np.errstate(divide="ignore", invalid="ignore"):
-        c = np.where(s2 == 0, 0.0, s2 / denominator).astype(mu.dtype, copy=False)
-    return c
+    denominator = mu * mu + mu.dtype.type(eps)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        c = np.where(s2 == 0, mu.dtype.type(0), s2 / denominator)
+    return c.astype(mu.dtype, copy=False)
 
 
 def sign_conflict_score(g) -> np.ndarray:
@@ -133,11 +170,11 @@ def sign_conflict_score(g) -> np.ndarray:
 
     Parameters
     ----------
-    g : array_like, shape (K, ...), float, K >= 2
+    g : array_like, shape (K, ...), float, K >= 2, finite
 
     Returns
     -------
-    c_sign : ndarray, shape g.shape[1:], values in [0, 1]
+    c_sign : ndarray, shape g.shape[1:], dtype of g, values in [0, 1]
     """
     g = _as_float_array("g", g)
     check_domain_stack("g", g.shape)
@@ -146,6 +183,7 @@ def sign_conflict_score(g) -> np.ndarray:
     total = np.abs(g).sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(total == 0, 1.0, np.abs(g.sum(axis=0)) / total)
+    # |sum g| <= sum |g| holds exactly only in exact arithmetic, hence the clip.
     return np.clip(1.0 - ratio, 0.0, 1.0).astype(g.dtype, copy=False)
 
 
@@ -173,29 +211,99 @@ def default_tau(K: int, tau0: float = DEFAULT_TAU0, alpha: float = DEFAULT_ALPHA
     return float(tau)
 
 
+def check_mask_parameters(tau: float, kappa0: float, m_min: float) -> tuple[float, float, float]:
+    """Validate ``tau > 0``, ``kappa0 > 0`` and ``0 <= m_min < 1``; return them as floats."""
+    tau = check_in_range("tau", tau, 0.0, np.inf, low_open=True)
+    kappa0 = check_in_range("kappa0", kappa0, 0.0, np.inf, low_open=True)
+    m_min = check_in_range("m_min", m_min, 0.0, 1.0, high_open=True)
+    return tau, kappa0, m_min
+
+
 def mask_from_score(c, tau: float, kappa0: float = DEFAULT_KAPPA0, m_min: float = 0.0) -> np.ndarray:
-    """Map conflict scores to mask values ``m_min + (1-m_min) sigmoid(kappa0 (1 - c/tau)) / sigmoid(kappa0)``.
+    """Map conflict scores to ``m = m_min + (1-m_min) sigmoid(kappa0 (1 - c/tau)) / sigmoid(kappa0)``.
 
     Parameters
     ----------
-    c : ndarray, float, values in [0, inf]
+    c : array_like, float, values in [0, inf]
     tau : float, > 0
     kappa0 : float, > 0
     m_min : float, in [0, 1)
 
     Returns
     -------
-    m : ndarray, same shape and dtype as c, values in [m_min, 1]
+    m : ndarray, same shape and dtype as c (float16 gives float32), values in
+        [m_min, 1]; exactly 1 where c = 0 and exactly m_min once the sigmoid underflows.
     """
-    tau = check_in_range("tau", tau, 0.0, np.inf, low_open=True)
-    kappa0 = check_in_range("kappa0", kappa0, 0.0, np.inf, low_open=True)
-    m_min = check_in_range("m_min", m_min, 0.0, 1.0, high_open=True)
-    c = np.asarray(c)
+    tau, kappa0, m_min = check_mask_parameters(tau, kappa0, m_min)
+    c = _as_float_array("c", c)
+    if np.any(np.isnan(c)) or np.any(c < 0):
+        raise ValueError("c must be a conflict score in [0, inf]; it contains NaN or negative values")
 
+    # Everything below runs in the dtype of c (float32 or float64), Python floats
+    # being rounded to it once; the numba kernels round the same scalars the same way.
+    dtype = c.dtype.type
+    with np.errstate(over="ignore"):
+        z = dtype(kappa0) * (1.0 - c / dtype(tau))
+    ratio = special.expit(z) / special.expit(dtype(kappa0))
+    # Writing the ratio = 1 case separately keeps m = 1 exact for c = 0, where
+    # m_min + (1 - m_min) * 1 can round to 1 - ulp; the clip removes the last ulp of
+    # rounding at the floor.
+    m = np.where(ratio >= 1, dtype(1), dtype(m_min) + dtype(1.0 - m_min) * ratio)
+    return np.clip(m, dtype(m_min), dtype(1)).astype(c.dtype, copy=False)
+
+
+def mask_score_derivative(c, tau: float, kappa0: float = DEFAULT_KAPPA0, m_min: float = 0.0) -> np.ndarray:
+    r"""Analytic derivative ``dm/dc`` of `mask_from_score`, in float64.
+
+    .. math::
+
+        \frac{\partial m}{\partial c} = -(1 - m_{\min}) \frac{\kappa_0}{\tau}
+            \frac{\sigma(z)(1 - \sigma(z))}{\sigma(\kappa_0)},
+        \qquad z = \kappa_0 (1 - c / \tau).
+
+    It is <= 0 everywhere (the mask never grows with conflict) and its magnitude is at
+    most ``(1 - m_min) kappa0 / (4 tau sigma(kappa0))``. Tests use it for M7 and to size
+    rounding tolerances: a relative error ``delta`` in c moves m by about
+    ``|dm/dc| c delta``.
+
+    Returns
+    -------
+    dm_dc : ndarray, float64, same shape as c
+    """
+    tau, kappa0, m_min = check_mask_parameters(tau, kappa0, m_min)
+    c = np.asarray(c, dtype=np.float64)
     z = kappa0 * (1.0 - c / tau)
-    ratio = special.expit(z) / special.expit(kappa0)
-    m = m_min + (1.0 - m_min) * np.minimum(ratio, 1.0)
-    return m.astype(c.dtype, copy=False)
+    s = special.expit(z)
+    return -(1.0 - m_min) * (kappa0 / tau) * s * (1.0 - s) / special.expit(kappa0)
+
+
+def mask_from_moments(mu, s2, K: int, tau: float | None = None, kappa0: float = DEFAULT_KAPPA0,
+                      m_min: float = 0.0, eps: float | None = None, eps_rel: float = DEFAULT_EPS_REL,
+                      variance: str = "unbiased") -> np.ndarray:
+    """Variance-score mask from precomputed moments (for example a streaming accumulator).
+
+    Parameters
+    ----------
+    mu, s2 : array_like, same shape, float
+        Cross-domain mean and variance (``s2`` in the convention named by ``variance``).
+    K : int >= 2
+        Number of domains, used only by the default tau.
+    tau : float or None
+        Threshold; None uses ``default_tau(K, variance=variance)``.
+    kappa0, m_min, eps, eps_rel
+        See `mask_from_score` and `conflict_score`.
+    variance : {"unbiased", "population"}
+        Convention of ``s2``, which sets the default tau.
+
+    Returns
+    -------
+    m : ndarray, shape and dtype of mu, values in [m_min, 1]
+    """
+    _check_variance(variance)
+    if tau is None:
+        tau = default_tau(K, variance=variance)
+    c = conflict_score(mu, s2, eps=eps, eps_rel=eps_rel)
+    return mask_from_score(c, tau, kappa0=kappa0, m_min=m_min)
 
 
 def conflict_mask(g, tau: float | None = None, kappa0: float = DEFAULT_KAPPA0, m_min: float = 0.0,
@@ -221,6 +329,7 @@ def conflict_mask(g, tau: float | None = None, kappa0: float = DEFAULT_KAPPA0, m
     """
     if score not in CONFLICT_SCORES:
         raise ValueError(f"score must be one of {CONFLICT_SCORES}; got {score!r}")
+    _check_variance(variance)
     g = _as_float_array("g", g)
     K = check_domain_stack("g", g.shape)
 
@@ -228,12 +337,11 @@ def conflict_mask(g, tau: float | None = None, kappa0: float = DEFAULT_KAPPA0, m
         if tau is None:
             raise ValueError("score='sign' needs an explicit tau in (0, 1]; got tau=None")
         c = sign_conflict_score(g)
-    else:
-        mu, s2 = cross_domain_moments(g, variance=variance)
-        c = conflict_score(mu, s2, eps=eps, eps_rel=eps_rel)
-        if tau is None:
-            tau = default_tau(K, variance=variance)
-    return mask_from_score(c, tau, kappa0=kappa0, m_min=m_min)
+        return mask_from_score(c, tau, kappa0=kappa0, m_min=m_min)
+
+    mu, s2 = cross_domain_moments(g, variance=variance)
+    return mask_from_moments(mu, s2, K, tau=tau, kappa0=kappa0, m_min=m_min, eps=eps,
+                             eps_rel=eps_rel, variance=variance)
 
 
 def iga_direction(g, **mask_options) -> tuple[np.ndarray, np.ndarray]:
@@ -247,11 +355,11 @@ def iga_direction(g, **mask_options) -> tuple[np.ndarray, np.ndarray]:
 
     Returns
     -------
-    d : ndarray, shape g.shape[1:]
+    d : ndarray, shape g.shape[1:], dtype of the mask
         Masked mean gradient; ``|d_j| <= |mu_j|`` with the sign of ``mu_j``.
     mask : ndarray, shape g.shape[1:]
     """
     g = _as_float_array("g", g)
     mask = conflict_mask(g, **mask_options)
-    mu = g.mean(axis=0)
+    mu = g.sum(axis=0) / g.dtype.type(g.shape[0])
     return mask * mu, mask

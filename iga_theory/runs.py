@@ -84,10 +84,21 @@ def ensure_writable_dir(path: str | Path) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and `os.replace`."""
+    """Write ``data`` to ``path`` through a temporary file and `os.replace`.
+
+    The file gets the permissions of a normally created file (0666 minus the umask),
+    not the 0600 of `tempfile.mkstemp`.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -50,8 +50,8 @@ class S1Params:
     d_inv: int = 4
     d_sp: int = 4
     sigma_y: float = 0.5
-    sigma_s: float = 0.3
-    mu_beta: float = 0.5
+    sigma_s: float = 0.1
+    mu_beta: float = 1.0
     tau_beta: float = 1.0
     beta_trunc: float = 3.0
     hetero: float = 0.0
@@ -184,18 +184,19 @@ class S1Model:
         return np.stack(np.broadcast_arrays(*coefficients), axis=-1)
 
     @staticmethod
-    def _features(domain: S1Domain) -> np.ndarray:
-        u, beta = domain.scale**2, domain.beta
-        return np.array([1.0, u, u * beta, u * beta**2, beta**2, beta])
+    def features(domains: list[S1Domain]) -> np.ndarray:
+        """Features phi = (1, u, u beta, u beta^2, beta^2, beta) of each domain, shape (K, 6)."""
+        beta = np.array([d.beta for d in domains], dtype=np.float64)
+        u = np.array([d.scale for d in domains], dtype=np.float64) ** 2
+        return np.stack([np.ones_like(u), u, u * beta, u * beta**2, beta**2, beta], axis=1)
 
     def risk(self, theta: np.ndarray, domain: S1Domain) -> np.ndarray:
         """Exact population risk R_e(theta) = E[(theta^T x - y)^2] / 2 of one domain."""
-        return self.risk_coefficients(theta) @ self._features(domain)
+        return self.risk_coefficients(theta) @ self.features([domain])[0]
 
     def risks(self, theta: np.ndarray, domains: list[S1Domain]) -> np.ndarray:
-        """Exact risks of ``theta`` (shape (P,)) on each domain; shape (K,)."""
-        features = np.stack([self._features(d) for d in domains])
-        return features @ self.risk_coefficients(theta)
+        """Exact risks on each domain: shape (K,) for theta (P,), (n, K) for theta (n, P)."""
+        return self.risk_coefficients(theta) @ self.features(domains).T
 
     def second_moments(self, domain: S1Domain) -> tuple[np.ndarray, np.ndarray, float]:
         """Exact ``Sigma = E[x x^T]`` (P, P), ``c = E[x y]`` (P,) and ``E[y^2]`` of one domain."""
@@ -232,7 +233,7 @@ class S1Model:
         """Smoothness constant L of the pooled risk: the largest eigenvalue of its Hessian."""
         return float(np.linalg.eigvalsh(self.pooled_hessian(domains))[-1])
 
-    def sample_gradient_variance(self, theta: np.ndarray, domains: list[S1Domain], n: int) -> float:
+    def sample_gradient_variance(self, theta: np.ndarray, domains: list[S1Domain], n: int) -> np.ndarray:
         """Exact ``E||g_hat - grad R||^2`` of the minibatch mean gradient (n samples per domain).
 
         For zero-mean jointly Gaussian (x, y) and residual r = x^T theta - y, Isserlis'
@@ -240,15 +241,22 @@ class S1Model:
         ``E[r^2] = 2 R_e(theta)`` and ``E[x r] = grad R_e(theta)``. The pooled minibatch
         mean averages K domains of n samples each, so its variance is
         ``sum_e tr Cov_e / (n K^2)``.
+
+        theta : shape (P,) or (T, P) (a whole path at once). Returns shape () or (T,).
         """
         n = check_positive_int("n", n)
         theta = self._check_theta(theta)
-        total = 0.0
-        for domain in domains:
-            sigma, c, _ = self.second_moments(domain)
-            grad = sigma @ theta - c
-            total += np.trace(sigma) * 2.0 * float(self.risk(theta, domain)) + float(grad @ grad)
-        return total / (n * len(domains) ** 2)
+        moments = [self.second_moments(domain) for domain in domains]
+        sigmas = np.stack([m[0] for m in moments])            # (K, P, P)
+        cs = np.stack([m[1] for m in moments])                # (K, P)
+        var_y = np.array([m[2] for m in moments])             # (K,)
+
+        grads = np.einsum("kij,...j->...ki", sigmas, theta) - cs          # (..., K, P)
+        quad = np.einsum("...i,kij,...j->...k", theta, sigmas, theta)     # (..., K)
+        two_risks = quad - 2.0 * np.einsum("...i,ki->...k", theta, cs) + var_y
+        traces = np.trace(sigmas, axis1=1, axis2=2)                       # (K,)
+        per_domain = traces * two_risks + (grads * grads).sum(axis=-1)
+        return per_domain.sum(axis=-1) / (n * len(domains) ** 2)
 
     # ----- the meta-distribution Q --------------------------------------------------
 
