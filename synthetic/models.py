@@ -27,6 +27,7 @@ from __future__ import annotations
 import abc
 import importlib
 import logging
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Protocol, Sequence, runtime_checkable
 
@@ -342,7 +343,8 @@ class ExternalGeneratorModel:
 
     def _evaluation_sample(self, domain: ExternalDomain) -> tuple[np.ndarray, np.ndarray]:
         if domain.key not in self._cache:
-            entropy = [self.seed, abs(hash(repr(domain.key))) % (2**32)]
+            # crc32, not hash(): str hashes change between processes (PYTHONHASHSEED).
+            entropy = [self.seed, zlib.crc32(repr(domain.key).encode("utf-8"))]
             rng = np.random.default_rng(entropy)
             self._cache[domain.key] = self.sample(self.n_eval, domain, rng)
         return self._cache[domain.key]
