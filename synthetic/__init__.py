@@ -1,1 +1,4 @@
-"""placeholder"""
+"""Synthetic models with closed-form risks, training loops and experiments.
+
+Installed as ``iga_theory.synthetic`` (the folder is ``synthetic/``).
+"""
