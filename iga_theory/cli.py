@@ -15,6 +15,7 @@ import sys
 # Subcommand name -> (module defining ``register``, one-line summary for ``iga --help``).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("iga_theory.commands.report", "run the synthetic experiments and write the PDF report"),
+    "isomers": ("iga_theory.commands.isomers", "generate, validate and summarise Logical Isomer Set JSONL files"),
 }
 
 
