@@ -1,8 +1,8 @@
 """Shared parts of the logical skeletons: seeded draws, the skeleton record, checks.
 
-A skeleton is three functions around one logical form (the item's ``variables``):
-``draw`` makes a logical form from seeded draws, ``solve`` recomputes the canonical
-answer from a logical form alone, and ``render`` writes the question and rationale of a
+A skeleton is three functions around one logical form (the item's ``variables``).
+``draw`` makes a logical form from seeded draws. ``solve`` recomputes the canonical
+answer from a logical form alone. ``render`` writes the question and rationale of a
 logical form in one domain's lexicon. ``solve`` reads user files too, so it validates
 every variable it uses and raises ValueError naming it.
 """
@@ -25,10 +25,12 @@ FAMILIES: tuple[str, ...] = ("deductive", "relational", "quantitative")
 class Draws:
     """Seeded random draws that give the same values on every Python version.
 
-    Every draw is built on ``random.Random.random()`` alone, the one method whose
-    output Python keeps fixed for a given seed across versions; ``randrange``,
-    ``choice`` and ``shuffle`` carry no such promise, and neither do numpy's
-    ``Generator`` streams. Seeding with a string hashes it with SHA-512.
+    Every draw is built on ``random.Random.random()`` alone. The "Notes on
+    reproducibility" of Python's random module promise that ``random()`` gives the
+    same sequence for the same seed in later versions, and make no such promise for
+    ``randrange``, ``choice`` or ``shuffle``. numpy's compatibility policy promises
+    equal ``Generator`` streams only on the same build of numpy. A string seed is
+    hashed with SHA-512 (the default seeding, version 2).
 
     Parameters
     ----------

@@ -1,10 +1,10 @@
 """Seeded generation of Logical Isomer Sets and their split into train and test parts.
 
-One isomer set is one logical form, drawn by a skeleton, rendered in every selected
-domain of its split's group: sets in ``train``, ``validation`` and ``test_id`` are
-rendered in the selected training domains, sets in ``test_ood`` in the selected
-held-out domains. A set therefore never straddles splits, and no held-out lexicon
-word reaches a non-OOD split.
+One isomer set is one logical form, drawn by a skeleton and rendered in every
+selected domain of its split's group. Sets in ``train``, ``validation`` and
+``test_id`` are rendered in the selected training domains, and sets in ``test_ood``
+in the selected held-out domains. A set therefore never straddles splits, and no
+held-out lexicon word reaches a non-OOD split.
 
 Balance: skeletons take turns, so their set counts differ by at most one. A yes/no
 skeleton's sets come in pairs with one ``yes`` and one ``no`` each, and a pair is
@@ -77,9 +77,9 @@ def resolve_split_fractions(split_fractions: Mapping[str, float] | None,
                             domains: Sequence[str]) -> dict[str, float]:
     """Validate split fractions and renormalise them over the splits that have domains.
 
-    ``test_ood`` needs a held-out domain and the other splits a training domain among
-    ``domains``; a split without one gets fraction 0 and the rest are rescaled to sum
-    to 1. Fractions need not sum to 1 on input; they are relative weights.
+    ``test_ood`` needs a held-out domain among ``domains``, and the other splits need
+    a training domain. A split without one gets fraction 0, and the rest are rescaled
+    to sum to 1. Fractions are relative weights, so they need not sum to 1 on input.
     """
     fractions = dict(DEFAULT_SPLIT_FRACTIONS if split_fractions is None else split_fractions)
     unknown = sorted(set(fractions) - set(SPLITS))
@@ -110,9 +110,8 @@ def assign_splits(units: list[list[int]], fractions: Mapping[str, float]) -> dic
     """Assign each unit (a list of set indices) to a split by largest deficit.
 
     Walking the units in order, each goes to the split whose target count
-    ``fraction * (sets so far + unit size)`` exceeds its current count the most; ties go
-    to the earlier split in `SPLITS`. Every split's count stays within one unit of
-    its target at every prefix of the walk.
+    ``fraction * (sets so far + unit size)`` exceeds its current count the most. Ties
+    go to the earlier split in `SPLITS`.
     """
     counts = dict.fromkeys(SPLITS, 0)
     assigned: dict[int, str] = {}
@@ -137,7 +136,8 @@ def _draw_form(skeleton_id: str, seed: int, set_index: int, ordinal: int) -> dic
     variables = skeleton.draw(Draws(f"iga-isomers-set:{seed}:{set_index}"), target)
     answer = skeleton.solve(variables)
     if target is not None and answer != target:  # pragma: no cover - a draw bug
-        raise RuntimeError(f"{skeleton_id} drew answer {answer!r} for target {target!r}: {variables}")
+        raise RuntimeError(f"{skeleton_id} drew a logical form with answer {answer!r}, but the "
+                           f"requested answer was {target!r}: {variables}")
     return variables
 
 

@@ -7,8 +7,8 @@ draws its domain words from a lexicon and nothing else, so two members of an iso
 set differ only in the lexicon that renders them.
 
 The held-out lexicons (finance, sports) share no content word with the training
-lexicons (mathematics, medicine, law, science) or with the skeleton templates; the
-tests check this, which is what makes an OOD split genuinely unseen at the word level.
+lexicons (mathematics, medicine, law, science) or with the skeleton templates, and
+the tests check this. An OOD split is therefore unseen at the word level.
 """
 
 from __future__ import annotations

@@ -327,7 +327,7 @@ def render_transitivity(variables: dict, lexicon: Lexicon) -> tuple[str, str]:
         parts.append(f"{premises}{_above(lexicon, chain[index], chain[index + 1])}, so "
                      f"{_above(lexicon, chain[0], chain[index + 1])}")
     if answer == NO:
-        parts.append(f"so {_above(lexicon, second, first, negated=True)}")
+        parts.append(f"so {_above(lexicon, first, second, negated=True)}")
     return question, join_sentences(parts) + " " + answer_line(answer)
 
 

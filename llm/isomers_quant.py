@@ -242,7 +242,7 @@ def render_percent_change(variables: dict, lexicon: Lexicon) -> tuple[str, str]:
 
 @lru_cache(maxsize=None)
 def _change_grid() -> tuple[tuple[int, int, int], ...]:
-    """Every (start, rise, fall) whose intermediate values are whole numbers."""
+    """List every (start, rise, fall) whose intermediate values are whole numbers."""
     return tuple((start, rise, fall)
                  for start in range(20, 401, 10) for rise in CHANGE_GRID for fall in CHANGE_GRID
                  if start * rise % 100 == 0 and (start + _of(start, rise)) * fall % 100 == 0)
@@ -308,7 +308,7 @@ def render_base_rate(variables: dict, lexicon: Lexicon) -> tuple[str, str]:
 
 @lru_cache(maxsize=None)
 def _base_rate_grid() -> tuple[tuple[int, int, int, int], ...]:
-    """Every grid point whose counts and posterior percent are whole numbers."""
+    """List every grid point whose counts and posterior percent are whole numbers."""
     grid = []
     for population in POPULATION_GRID:
         for base in BASE_GRID:

@@ -154,9 +154,10 @@ def parse_final_answer(generated_text: str) -> str | None:
     """Extract the canonical final answer from a generated rationale.
 
     The answer is the text after the last ``Answer:`` (case-insensitive), up to the
-    end of the first non-empty line after it. When it begins with ``yes``/``no`` or a number, only that is kept,
-    so ``Answer: 46 ml`` gives ``46`` and ``Answer: yes, because ...`` gives ``yes``;
-    otherwise the text up to the first sentence end is normalized as a whole.
+    end of the first non-empty line after it. When it begins with ``yes``/``no`` or a
+    number, only that is kept, so ``Answer: 46 ml`` gives ``46`` and
+    ``Answer: yes, because ...`` gives ``yes``. Otherwise the text up to the first
+    sentence end is normalized as a whole.
 
     Parameters
     ----------
@@ -383,8 +384,8 @@ def check_set_consistency(numbered: Iterable[tuple[int | None, IsomerItem]]) -> 
         for name in ("skeleton_id", "split", "answer", "variables"):
             mine, theirs = getattr(item, name), getattr(reference, name)
             if mine != theirs:
-                shown = "" if name == "variables" else f" ({mine!r} vs {theirs!r})"
-                problems.append((line, name, f"differs within set {item.set_id!r} from {where}{shown}"))
+                values = "" if name == "variables" else f" ({mine!r} vs {theirs!r})"
+                problems.append((line, name, f"differs within set {item.set_id!r} from {where}{values}"))
     return problems
 
 
@@ -430,7 +431,8 @@ def load_numbered_jsonl(path: str | os.PathLike) -> list[tuple[int, IsomerItem]]
         if problems:
             errors += [(line_no, name, message) for name, message in problems]
             continue
-        numbered.append((line_no, IsomerItem.from_record(record)))
+        numbered.append((line_no, IsomerItem(**{name: record[name] for name in REQUIRED_FIELDS},
+                                             meta=record.get("meta", {}))))
     errors += check_set_consistency(numbered)
     if errors:
         raise IsomerFormatError(str(path), sorted(errors, key=lambda e: (e[0] or 0)))
@@ -447,6 +449,13 @@ def load_jsonl(path: str | os.PathLike) -> list[IsomerItem]:
 def dumps_item(item: IsomerItem) -> str:
     """Serialise one item as its JSONL line (no newline); byte-stable for equal items."""
     return json.dumps(item.to_record(), ensure_ascii=False, separators=(", ", ": "))
+
+
+def _new_file_mode() -> int:
+    """Return the mode that ``open`` would give a new file under the current umask."""
+    umask = os.umask(0o022)  # reading the umask requires setting it; restored at once
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_jsonl(items: Iterable[IsomerItem], path: str | os.PathLike) -> Path:
@@ -470,6 +479,7 @@ def write_jsonl(items: Iterable[IsomerItem], path: str | os.PathLike) -> Path:
             stream.write(payload)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temp_name, _new_file_mode())  # mkstemp creates files readable by the owner only
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

@@ -125,9 +125,9 @@ def shared_surface_words(items: Iterable[IsomerItem],
     """Return the words that occur both outside and inside the OOD split.
 
     Words in ``ignore`` (by default function words and the skeleton templates' words,
-    which every domain shares by design) are left out, as are numerals. For the
-    generated sets the result is empty; for a user's own sets it lists the surface
-    words their OOD split shares with the training splits.
+    which every domain shares by design) are left out, as are numerals. The result is
+    empty for generated sets. For a user's own sets it lists the surface words that
+    their OOD split shares with the training splits.
     """
     inside: set[str] = set()
     outside: set[str] = set()

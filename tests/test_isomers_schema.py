@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from iga_theory.llm.isomers_schema import (
@@ -156,6 +158,15 @@ def test_write_then_load_roundtrip(tmp_path):
     lines = path.read_text(encoding="utf-8").splitlines()
     assert lines == [dumps_item(item) for item in items]
     assert [p.name for p in tmp_path.iterdir()] == ["sets.jsonl"]  # no temporary file left
+
+
+def test_written_file_follows_umask(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        path = write_jsonl([IsomerItem.from_record(record())], tmp_path / "sets.jsonl")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
 def test_write_rejects_inconsistent_set_and_keeps_file(tmp_path):
