@@ -31,8 +31,8 @@ def run_experiments(config: ReportConfig, seed: int, out_dir: Path, progress: bo
     started = time.perf_counter()
     started_at = _dt.datetime.now(_dt.timezone.utc).isoformat()
     config_data = to_dict(config)
-    run = runs.RunFolder(out_dir / "runs", "report", {"config": config_data, "seed": seed},
-                         config_hash({"config": config_data, "seed": seed}))
+    identity = {"config": config_data, "seed": seed, "cell_version": experiments.CELL_VERSION}
+    run = runs.RunFolder(out_dir / "runs", "report", identity, config_hash(identity))
     logger.info("report run folder: %s", run.path)
 
     model = experiments.build_model(config.model)

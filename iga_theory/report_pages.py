@@ -25,7 +25,7 @@ from iga_theory.runs import _umask  # noqa: E402
 # US letter, landscape, in inches.
 PAGE_SIZE = (11.0, 8.5)
 COLORS = {"erm": "tab:red", "iga": "tab:blue", "oracle": "black", "erm_optimum": "tab:orange"}
-LABELS = {"erm": "ERM", "iga": "IGA"}
+LABELS = {"erm": "ERM", "iga": "IGA", "erm_fixed": "ERM, fixed", "iga_fixed": "IGA, fixed"}
 # Mask values below this are drawn at this value on log axes (the mask can underflow to 0).
 MASK_LOG_FLOOR = 1e-60
 # Rows of the number table per page.
@@ -162,6 +162,13 @@ def mask_page(results: dict):
     return fig
 
 
+FIXED_TOO = ("erm", "erm_fixed", "iga", "iga_fixed")
+
+
+def _style(method: str) -> str:
+    return "s--" if method.endswith("_fixed") else "o-"
+
+
 def bound_page(results: dict):
     """Theorem 2: bound, expected risk, excess and variance term against K."""
     bound = results["bound_vs_K"]
@@ -184,22 +191,23 @@ def bound_page(results: dict):
     ax.legend(loc="upper right")
 
     ax = axes[0, 1]
-    for method in ("erm", "iga"):
-        ax.plot(K, bound[method]["excess"], "o-", color=COLORS[method],
+    for method in FIXED_TOO:
+        ax.plot(K, bound[method]["excess"], _style(method), color=COLORS[method.split("_")[0]],
                 label=f"{LABELS[method]}: {_slope_text(bound[method]['slope_excess'])}")
-    ax.plot(K, bound["erm"]["range_term"], "k:", label="range term 7 B ln(2/delta) / (3 (K-1))")
+    ax.plot(K, bound["erm"]["range_term"], "k:", label="range term 7 B ln(2/delta) / (3 (K-1)), trained")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("number of domains K (log scale)")
     ax.set_ylabel("excess: bound - exact expected risk (log scale)")
-    ax.legend(loc="upper right", title="95% bootstrap CI over repetitions")
+    ax.legend(loc="upper right", title="trained at each K (solid) or once on 8 domains (dashed);\n"
+                                       "95% bootstrap CI over repetitions", title_fontsize=8)
 
     ax = axes[1, 0]
-    for method in ("erm", "iga"):
+    for method in FIXED_TOO:
         values = np.asarray(bound[method]["variance_term"], dtype=float)
         positive = values > 0
         if positive.any():
-            ax.plot(K[positive], values[positive], "o-", color=COLORS[method],
+            ax.plot(K[positive], values[positive], _style(method), color=COLORS[method.split("_")[0]],
                     label=f"{LABELS[method]}: {_slope_text(bound[method]['slope_variance_term'])}")
         if not positive.all():
             ax.plot([], [], " ", label=f"{LABELS[method]}: 0 at K >= {int(K[~positive].min())} (not on log axis)")
@@ -207,9 +215,10 @@ def bound_page(results: dict):
     ax.set_yscale("log")
     ax.set_xlabel("number of domains K (log scale)")
     ax.set_ylabel("variance term sqrt(2 V_K ln(2/delta) / K) (log scale)")
-    k_star = {m: bound[m]["K_star"] for m in ("erm", "iga")}
-    ax.legend(loc="lower left", title=f"crossover K* at K = {int(K[-1])}: ERM {_fmt(k_star['erm'])}, "
-                                      f"IGA {_fmt(k_star['iga'])} (null: V = 0)")
+    k_star = {m: bound[m]["K_star"] for m in FIXED_TOO}
+    ax.legend(loc="lower left", fontsize=7.5,
+              title=f"crossover K* at K = {int(K[-1])}: ERM {_fmt(k_star['erm'])}, ERM fixed "
+                    f"{_fmt(k_star['erm_fixed'])}, IGA {_fmt(k_star['iga'])} (null: V = 0)", title_fontsize=7.5)
 
     ax = axes[1, 1]
     for method in ("erm", "iga"):

@@ -25,11 +25,17 @@ from tqdm.auto import tqdm
 from iga_theory import bounds
 from iga_theory import mask as cgcm
 from iga_theory.fits import bootstrap_loglog_slope
+from iga_theory.nan_policy import DEFAULT_NAN_POLICY, nan_guard
 from iga_theory.synthetic.s1 import S1Model, S1Params
 from iga_theory.synthetic.training import MaskOptions, stack_second_moments, train_population
 
 logger = logging.getLogger(__name__)
 
+# Version of the stored cell format; part of the run folder's hash, so that cells written
+# by an older version of this module are never mixed with new ones.
+CELL_VERSION = 2
+# Predictors certified in the bound experiment: trained at each K, and fixed across K.
+BOUND_METHODS = ("erm", "iga", "erm_fixed", "iga_fixed")
 # Experiment ids in the seed derivation; changing one changes that experiment's numbers.
 TRAINING_STREAM, BOUND_STREAM, RATE_STREAM = 0, 1, 2
 # Points kept per curve in results.json (log-spaced steps).
@@ -49,6 +55,11 @@ def build_model(model_config) -> S1Model:
     return S1Model(S1Params(d_inv=c.d_inv, d_sp=c.d_sp, sigma_y=c.sigma_y, sigma_s=c.sigma_s,
                             mu_beta=c.mu_beta, tau_beta=c.tau_beta, beta_trunc=c.beta_trunc,
                             hetero=c.hetero, rotate=c.rotate, seed=c.model_seed))
+
+
+def nan_policy(config) -> str:
+    """NaN policy of a report configuration (``raise`` for configurations without one)."""
+    return getattr(config, "nan_policy", DEFAULT_NAN_POLICY)
 
 
 def mask_options(mask_config) -> MaskOptions:
@@ -87,11 +98,13 @@ def training_curves(model: S1Model, config, seed: int) -> dict:
               else cgcm.default_tau(t.n_domains)}
     histories = {}
     for method in ("erm", "iga"):
-        history = train_population(model, domains, method, t.steps, eta, theta0, options)
+        history = train_population(model, domains, method, t.steps, eta, theta0, options,
+                                   nan_policy=nan_policy(config))
         histories[method] = history
         curves = _path_metrics(model, history.thetas[steps], domains)
         final = {name: values[-1] for name, values in curves.items()}
-        result[method] = {"curves": curves, "final": final, "theta": history.thetas[-1].tolist()}
+        result[method] = {"curves": curves, "final": final, "theta": history.thetas[-1].tolist(),
+                          "skipped_steps": len(history.skipped_steps)}
 
     # Closed-form references: the pooled ERM optimum and the invariant oracle.
     for name, theta in (("erm_optimum", model.erm_solution(domains)), ("invariant_oracle", model.invariant_solution())):
@@ -136,8 +149,26 @@ def _certify(model: S1Model, theta: np.ndarray, cert_domains, B: float, delta: f
     }
 
 
-def bound_cell(model: S1Model, config, seed: int, K: int, rep: int, reference: np.ndarray) -> dict:
-    """One (K, repetition) cell: train ERM and IGA on K domains, certify on K fresh ones."""
+def fixed_predictors(model: S1Model, config, seed: int) -> dict[str, np.ndarray]:
+    """ERM and IGA trained once on the training experiment's domains.
+
+    Certifying these on K fresh domains for every K isolates the bound's dependence on
+    K from the change of the predictor with K.
+    """
+    rng = cell_rng(seed, TRAINING_STREAM)
+    domains = model.draw_domains(config.training.n_domains, rng)
+    L = model.smoothness(domains)
+    iga = train_population(model, domains, "iga", config.bound.iga_steps, 1.0 / L,
+                           np.zeros(model.n_params), mask_options(config.mask))
+    return {"erm_fixed": model.erm_solution(domains), "iga_fixed": iga.thetas[-1]}
+
+
+def bound_cell(model: S1Model, config, seed: int, K: int, rep: int, reference: np.ndarray,
+               fixed: dict[str, np.ndarray]) -> dict:
+    """One (K, repetition) cell: train ERM and IGA on K domains, certify on K fresh ones.
+
+    The fixed predictors of `fixed_predictors` are certified on the same fresh domains.
+    """
     rng = cell_rng(seed, BOUND_STREAM, K, rep)
     b = config.bound
     train_domains = model.draw_domains(K, rng)
@@ -147,16 +178,18 @@ def bound_cell(model: S1Model, config, seed: int, K: int, rep: int, reference: n
     thetas = {
         "erm": model.erm_solution(train_domains),
         "iga": train_population(model, train_domains, "iga", b.iga_steps, 1.0 / L,
-                                np.zeros(model.n_params), mask_options(config.mask)).thetas[-1],
+                                np.zeros(model.n_params), mask_options(config.mask),
+                                nan_policy=nan_policy(config)).thetas[-1],
+        **fixed,
     }
     ranges = {name: model.risk_range(theta) for name, theta in thetas.items()}
     lengths = {name: hi - lo for name, (lo, hi) in ranges.items()}
-    common = max(lengths.values())
     # B must be positive; an exactly invariant predictor has a zero own range.
     floor = np.finfo(np.float64).tiny
     cell = {}
     for name, theta in thetas.items():
-        B = common if b.range_mode == "common" else lengths[name]
+        pair = ("erm_fixed", "iga_fixed") if name.endswith("_fixed") else ("erm", "iga")
+        B = max(lengths[m] for m in pair) if b.range_mode == "common" else lengths[name]
         cell[name] = _certify(model, theta, cert_domains, max(B, floor), b.delta,
                               b.quantile_alpha, reference)
         cell[name]["spurious_weight"] = float(model.spurious_weight(theta))
@@ -169,7 +202,7 @@ def summarize_bound(cells: dict, config, seed: int) -> dict:
     grid = list(b.K_grid)
     summary = {"K": grid, "delta": b.delta, "vacuous_below_K": bounds.vacuous_below(b.delta),
                "min_K_quantile": bounds.min_domains_for_quantile(b.quantile_alpha, b.delta)}
-    for method in ("erm", "iga"):
+    for method in BOUND_METHODS:
         def stack(name):
             return np.array([[cells[(K, r)][method][name] for K in grid] for r in range(b.n_seeds)], dtype=float)
 
@@ -208,13 +241,14 @@ def bound_vs_domains(model: S1Model, config, seed: int, run=None, progress: bool
     b = config.bound
     keys = [(K, r) for K in b.K_grid for r in range(b.n_seeds)]
     reference = reference_features(model, seed)
+    fixed = fixed_predictors(model, config, seed)
     cells = {}
     for K, r in tqdm(keys, desc="Theorem 2 vs K", disable=not progress, leave=False):
         key = f"bound/K={K}/rep={r}"
         if run is not None:
-            cells[(K, r)] = run.cached(key, bound_cell, model, config, seed, K, r, reference)
+            cells[(K, r)] = run.cached(key, bound_cell, model, config, seed, K, r, reference, fixed)
         else:
-            cells[(K, r)] = bound_cell(model, config, seed, K, r, reference)
+            cells[(K, r)] = bound_cell(model, config, seed, K, r, reference, fixed)
     return summarize_bound(cells, config, seed)
 
 
@@ -230,6 +264,7 @@ def rate_cell(model: S1Model, config, seed: int, T: int, rep: int) -> dict:
     if options["tau"] is None:
         options["tau"] = cgcm.default_tau(r.n_domains)
     n = r.batch_per_domain
+    guard = nan_guard(nan_policy(config))
 
     def minibatch_gradients(theta):
         g = np.empty((len(domains), model.n_params))
@@ -249,6 +284,8 @@ def rate_cell(model: S1Model, config, seed: int, T: int, rep: int) -> dict:
     for t in range(T):
         thetas[t], masks[t] = theta, mask
         g = minibatch_gradients(theta)
+        if not guard.check({"theta": g}, step=t):
+            continue  # skipped step: theta, the EMA and the mask stay as they are
         theta = theta - eta * mask * g.mean(axis=0)
         # Lagged operator: the mask of step t + 1 sees minibatches up to t only.
         ema = r.ema_rate * ema + (1.0 - r.ema_rate) * g
@@ -267,7 +304,8 @@ def rate_cell(model: S1Model, config, seed: int, T: int, rep: int) -> dict:
             "eta": float(eta), "L": float(L), "sigma2": sigma2, "initial_gap": gap,
             "final_spurious_weight": float(model.spurious_weight(theta)),
             "mean_mask_invariant": float(masks[:, model.invariant_mask].mean()),
-            "mean_mask_spurious": float(masks[:, ~model.invariant_mask].mean())}
+            "mean_mask_spurious": float(masks[:, ~model.invariant_mask].mean()),
+            "skipped_steps": guard.skipped_steps}
 
 
 def rate_vs_steps(model: S1Model, config, seed: int, run=None, progress: bool = True) -> dict:
@@ -297,4 +335,5 @@ def rate_vs_steps(model: S1Model, config, seed: int, run=None, progress: bool = 
     summary["slope"] = _safe_slope(grid, lhs, config.bound.n_boot, seed)
     summary["slope_plain"] = _safe_slope(grid, stack("plain_stationarity"), config.bound.n_boot, seed)
     summary["L"] = float(stack("L")[0, 0])
+    summary["skipped_steps"] = int(sum(cells[key].get("skipped_steps", 0) for key in keys))
     return summary
