@@ -177,3 +177,211 @@ def sgd_rate_bound(initial_gap: float, L: float, eta: float, sigma2: float, T: i
     sigma2 = check_in_range("sigma2", sigma2, 0.0, np.inf)
     T = check_positive_int("T", T)
     return 2.0 * initial_gap / (eta * T) + L * eta * sigma2
+
+
+# ----- Theorem 2: certification routes for learned predictors ---------------------------
+
+
+def union_delta(delta: float, n_candidates: int) -> float:
+    """Per-candidate failure probability ``delta / N`` of the union bound over N candidates.
+
+    A predictor chosen from a finite set of N candidates fixed before the certification
+    domains are seen (N hyperparameter settings, or N trained predictors) is certified
+    by applying Theorem 2 to every candidate at level delta / N: with probability at
+    least 1 - delta all N bounds hold at once, so the chosen one's does too, whatever
+    the selection rule. In the bound this adds ``ln N`` to ``ln(2 / delta)``.
+    """
+    delta = check_in_range("delta", delta, 0.0, 1.0, low_open=True, high_open=True)
+    n_candidates = check_positive_int("n_candidates", n_candidates)
+    return delta / n_candidates
+
+
+def union_bernstein_terms(risks, B: float, delta: float, n_candidates: int) -> dict[str, float]:
+    """Theorem 2 terms for a predictor selected among ``n_candidates``: `bernstein_terms` at delta / N."""
+    terms = bernstein_terms(risks, B, union_delta(delta, n_candidates))
+    terms["n_candidates"] = int(n_candidates)
+    return terms
+
+
+def select_and_certify(candidate_risks, B, delta: float, union: bool = True) -> dict[str, float]:
+    """Pick the candidate with the smallest mean certification risk and bound its expected risk.
+
+    Parameters
+    ----------
+    candidate_risks : array_like, shape (N, K)
+        Risks of N candidates (fixed before the K domains were drawn) on the K
+        certification domains.
+    B : float or array_like of shape (N,)
+        Range length of each candidate's per-domain risk.
+    delta : float, in (0, 1)
+    union : bool
+        True: the union-bound route (level delta / N), valid for any selection rule.
+        False: naive reuse at level delta, which ignores the selection and is invalid
+        when N > 1 (kept as the control that shows the failure).
+
+    Returns
+    -------
+    dict of `bernstein_terms` plus ``index`` (the chosen candidate) and ``n_candidates``.
+    """
+    risks = np.asarray(candidate_risks, dtype=np.float64)
+    if risks.ndim != 2 or risks.shape[0] < 1:
+        raise ValueError(f"candidate_risks must have shape (N, K) with N >= 1; got {risks.shape}")
+    check_finite("candidate_risks", risks)
+    N = risks.shape[0]
+    B = np.broadcast_to(np.asarray(B, dtype=np.float64), (N,))
+    index = int(np.argmin(risks.mean(axis=1)))
+    level = union_delta(delta, N) if union else delta
+    terms = bernstein_terms(risks[index], float(B[index]), level)
+    terms.update(index=index, n_candidates=N)
+    return terms
+
+
+def is_vacuous(bound: float, risk_high: float) -> bool:
+    """True when the bound is no smaller than ``risk_high``, the largest per-domain risk possible.
+
+    A bound at or above the known maximum of R_e certifies nothing new.
+    """
+    return bool(bound >= risk_high)
+
+
+# ----- coverage statistics ----------------------------------------------------------------
+
+
+def binomial_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson (exact) two-sided confidence interval of a binomial proportion.
+
+    Uses ``scipy.stats.binomtest(...).proportion_ci(method="exact")``.
+    """
+    trials = check_positive_int("trials", trials)
+    if isinstance(successes, bool) or not isinstance(successes, (int, np.integer)) or not 0 <= successes <= trials:
+        raise ValueError(f"successes must be an integer in [0, trials = {trials}]; got {successes!r}")
+    confidence = check_in_range("confidence", confidence, 0.0, 1.0, low_open=True, high_open=True)
+    ci = stats.binomtest(int(successes), trials).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def coverage_summary(covered, delta: float, confidence: float = 0.95) -> dict:
+    """Monte Carlo coverage of a 1 - delta bound with its Clopper-Pearson interval.
+
+    ``passed`` is True unless the interval lies entirely below 1 - delta, that is unless
+    the data show under-coverage at the two-sided level 1 - confidence.
+    """
+    covered = np.asarray(covered, dtype=bool).ravel()
+    if covered.size == 0:
+        raise ValueError("covered is empty; pass one boolean per Monte Carlo replication")
+    delta = check_in_range("delta", delta, 0.0, 1.0, low_open=True, high_open=True)
+    successes = int(covered.sum())
+    low, high = binomial_interval(successes, covered.size, confidence)
+    return {"coverage": successes / covered.size, "interval": [low, high], "n": int(covered.size),
+            "target": 1.0 - delta, "passed": bool(high >= 1.0 - delta)}
+
+
+# ----- Theorem 3: what the mask changes ---------------------------------------------------
+
+
+def invariance_budget(eta, directions, spurious_projector) -> np.ndarray:
+    r"""Theorem 3 (b): running bound on how far the spurious part of theta can have moved.
+
+    .. math::
+
+        \|P(\theta_t - \theta_0)\| = \|\sum_{s<t} \eta_s P d_s\| \le \sum_{s<t} \eta_s \|P d_s\|,
+
+    with ``d_s = m_s * mu_s`` the IGA direction and P the orthogonal projector onto the
+    spurious subspace (the triangle inequality, so the bound holds along any run).
+
+    Parameters
+    ----------
+    eta : float or array_like of shape (T,)
+        Step sizes.
+    directions : array_like, shape (T, P) or (R, T, P)
+        Step directions d_t (R independent runs along axis 0 when 3-D).
+    spurious_projector : array_like, shape (P, P)
+        Orthogonal projector onto the spurious subspace.
+
+    Returns
+    -------
+    budget : ndarray, shape (T + 1,) or (R, T + 1)
+        ``budget[..., t] = sum_{s<t} eta_s |P d_s|``, starting at 0.
+    """
+    d = np.asarray(directions, dtype=np.float64)
+    if d.ndim not in (2, 3):
+        raise ValueError(f"directions must have shape (T, P) or (R, T, P); got {d.shape}")
+    projector = np.asarray(spurious_projector, dtype=np.float64)
+    if projector.shape != (d.shape[-1],) * 2:
+        raise ValueError(f"spurious_projector must have shape ({d.shape[-1]}, {d.shape[-1]}); got {projector.shape}")
+    eta = np.broadcast_to(np.asarray(eta, dtype=np.float64), (d.shape[-2],))
+    steps = eta[:, None] * (d @ projector.T)
+    lengths = np.linalg.norm(steps, axis=-1)
+    zeros = np.zeros(lengths.shape[:-1] + (1,))
+    return np.concatenate([zeros, np.cumsum(lengths, axis=-1)], axis=-1)
+
+
+def hard_limit_conflict(betas) -> float:
+    r"""Conflict score of S1's spurious coordinates along the set where the spurious weights are 0.
+
+    With ``b = 0`` every domain's spurious gradient is ``beta_e (u_e w_*^T alpha - Var_e(y)) 1``;
+    for equal input scales the common factor cancels in ``s2 / mu^2``, so
+
+    .. math::
+
+        c_{sp} = \frac{s^2_\beta}{\bar\beta^2} = \frac{K}{t^2},\qquad
+        t = \frac{\sqrt K \bar\beta}{s_\beta},
+
+    the unbiased sample variance over the squared mean of the K training betas, for
+    every invariant weight alpha (and ``inf`` when the betas average to 0).
+    """
+    betas = np.asarray(betas, dtype=np.float64)
+    if betas.ndim != 1 or betas.size < 2:
+        raise ValueError(f"betas must be 1-D with K >= 2 entries; got shape {betas.shape}")
+    mean = float(betas.mean())
+    variance = float(betas.var(ddof=1))
+    if mean == 0.0:
+        return math.inf
+    return variance / mean**2
+
+
+def hard_limit_spurious_weight(betas, tau: float, erm_spurious_weight: float) -> float:
+    """Theorem 3 (c): spurious weight of S1's hard-limit IGA fixed point, started at b = 0.
+
+    In the hard limit (kappa0 -> inf, m_min = 0) with equal input scales, the spurious
+    coordinates keep the conflict score `hard_limit_conflict` while b = 0. If it
+    exceeds tau their mask is exactly 0, b stays 0, the invariant coordinates see equal
+    gradients in every domain (mask 1) and the run converges to the invariant solution,
+    whose spurious weight is 0. If it is below tau every mask is 1 and the run is ERM,
+    with ERM's spurious weight. At c = tau the hard mask is undefined.
+    """
+    tau = check_in_range("tau", tau, 0.0, np.inf, low_open=True)
+    c = hard_limit_conflict(betas)
+    if c == tau:
+        raise ValueError(f"the hard-limit mask is undefined at c = tau = {tau}")
+    return 0.0 if c > tau else float(erm_spurious_weight)
+
+
+def hard_limit_suppression_probability(K: int, tau: float, mu_over_tau: float) -> float:
+    r"""Probability over the K training domains that the hard-limit mask suppresses the shortcut.
+
+    For untruncated ``beta_e ~ N(mu_beta, tau_beta^2)`` the statistic
+    ``t = sqrt(K) beta_bar / s_beta`` is noncentral-t with K - 1 degrees of freedom and
+    noncentrality ``sqrt(K) mu_beta / tau_beta``, and suppression means
+    ``c = K / t^2 > tau``:
+
+    .. math::
+
+        P(\text{suppressed}) = P(|T_{K-1}(\sqrt K \mu_\beta/\tau_\beta)| < \sqrt{K / \tau}).
+
+    Parameters
+    ----------
+    K : int, >= 2
+    tau : float, > 0
+        Threshold on the unbiased conflict score.
+    mu_over_tau : float
+        Signal-to-spread ratio ``mu_beta / tau_beta`` of the shortcut over Q.
+    """
+    K = check_positive_int("K", K)
+    if K < 2:
+        raise ValueError(f"K must be >= 2 for a cross-domain variance; got {K}")
+    tau = check_in_range("tau", tau, 0.0, np.inf, low_open=True)
+    mu_over_tau = check_in_range("mu_over_tau", mu_over_tau, -np.inf, np.inf)
+    limit = math.sqrt(K / tau)
+    distribution = stats.nct(df=K - 1, nc=math.sqrt(K) * mu_over_tau)
+    return float(distribution.cdf(limit) - distribution.cdf(-limit))
