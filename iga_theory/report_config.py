@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from iga_theory.config import field, from_dict, read_config_file, to_dict
+from iga_theory.nan_policy import DEFAULT_NAN_POLICY, NAN_POLICIES
 
 
 @dataclass
@@ -88,6 +89,9 @@ class ReportConfig:
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     bound: BoundConfig = dataclasses.field(default_factory=BoundConfig)
     rate: RateConfig = dataclasses.field(default_factory=RateConfig)
+    nan_policy: str = field(DEFAULT_NAN_POLICY, "what a training step with a NaN or Inf per-domain gradient "
+                            "does: 'raise' stops with an error naming the step, domain and coordinate; "
+                            "'skip' skips the step, counts it and logs it", choices=NAN_POLICIES)
 
 
 # Smaller sweeps for ``iga report --quick`` (about a minute on 2 cores).

@@ -21,6 +21,7 @@ import numpy as np
 
 from iga_theory import mask as cgcm
 from iga_theory.errors import check_in_range, check_positive_int
+from iga_theory.nan_policy import DEFAULT_NAN_POLICY, NanGuard, nan_guard
 
 METHODS = ("erm", "iga")
 
@@ -55,6 +56,9 @@ class TrainingHistory:
         Mean of the per-domain gradients mu_t.
     eta : float
         Step size.
+    skipped_steps : list of int
+        Steps skipped by the ``skip`` NaN policy (their direction is 0, their mean
+        gradient NaN and their mask the one of the step before, or ones at step 0).
     """
 
     thetas: np.ndarray
@@ -62,6 +66,7 @@ class TrainingHistory:
     directions: np.ndarray
     mean_gradients: np.ndarray
     eta: float
+    skipped_steps: list[int] = dataclasses.field(default_factory=list)
 
 
 def stack_second_moments(model, domains) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +76,8 @@ def stack_second_moments(model, domains) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train_population(model, domains, method: str, steps: int, eta: float,
-                     theta0: np.ndarray, mask_options: MaskOptions | None = None) -> TrainingHistory:
+                     theta0: np.ndarray, mask_options: MaskOptions | None = None, *,
+                     nan_policy: str | NanGuard = DEFAULT_NAN_POLICY) -> TrainingHistory:
     """Run full-batch gradient descent on the exact per-domain population gradients.
 
     Parameters
@@ -86,6 +92,10 @@ def train_population(model, domains, method: str, steps: int, eta: float,
         Starting point, shared by the methods being compared.
     mask_options : MaskOptions, optional
         Mask parameters for IGA (ignored by ERM).
+    nan_policy : {"raise", "skip"} or NanGuard
+        What a step with a NaN or Inf per-domain gradient does: raise `NonFiniteError`
+        naming the step, domain and coordinate (default), or leave theta unchanged,
+        count the step and log it (see `iga_theory.nan_policy`).
 
     Returns
     -------
@@ -97,6 +107,7 @@ def train_population(model, domains, method: str, steps: int, eta: float,
     eta = check_in_range("eta", eta, 0.0, np.inf, low_open=True)
     if len(domains) < 2:
         raise ValueError(f"training needs K >= 2 domains; got K = {len(domains)}")
+    guard = nan_guard(nan_policy)
     mask_options = mask_options or MaskOptions()
     options = mask_options.as_kwargs()
     if options["tau"] is None:
@@ -110,10 +121,19 @@ def train_population(model, domains, method: str, steps: int, eta: float,
     directions = np.empty((steps, P))
     mean_gradients = np.empty((steps, P))
     thetas[0] = theta
+    skipped = []
 
     for t in range(steps):
         # Exact per-domain gradients, shape (K, P).
         g = np.einsum("kij,j->ki", sigmas, theta) - cs
+        if not guard.check({"theta": g}, step=t):
+            # Skipped step: theta stays; the mask in force is the previous one.
+            thetas[t + 1] = theta
+            directions[t] = 0.0
+            mean_gradients[t] = np.nan
+            masks[t] = masks[t - 1] if t > 0 else 1.0
+            skipped.append(t)
+            continue
         mu = g.mean(axis=0)
 
         if method == "iga":
@@ -129,4 +149,4 @@ def train_population(model, domains, method: str, steps: int, eta: float,
         mean_gradients[t] = mu
 
     return TrainingHistory(thetas=thetas, masks=masks, directions=directions,
-                           mean_gradients=mean_gradients, eta=eta)
+                           mean_gradients=mean_gradients, eta=eta, skipped_steps=skipped)
