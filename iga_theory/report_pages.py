@@ -199,7 +199,7 @@ def bound_page(results: dict):
     ax.set_yscale("log")
     ax.set_xlabel("number of domains K (log scale)")
     ax.set_ylabel("excess: bound - exact expected risk (log scale)")
-    ax.legend(loc="upper right", title="trained at each K (solid) or once on 8 domains (dashed);\n"
+    ax.legend(loc="upper right", title=f"trained at each K (solid) or once on {results['training']['n_domains']} domains (dashed);\n"
                                        "95% bootstrap CI over repetitions", title_fontsize=8)
 
     ax = axes[1, 0]
