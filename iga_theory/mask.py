@@ -92,12 +92,25 @@ def _check_moments(mu, s2) -> tuple[np.ndarray, np.ndarray]:
     return mu, s2.astype(mu.dtype, copy=False)
 
 
+def _domain_mean(g: np.ndarray) -> np.ndarray:
+    """``mu = g_0 + (1/K) sum_e (g_e - g_0)``, summed in order e = 0 .. K-1.
+
+    Shifting by the first domain costs one subtraction per value and makes the mean of
+    K equal gradients exactly that gradient, so that full agreement gives s2 = 0 and
+    c = 0 exactly (the plain sum does not: 0.1 + 0.1 + 0.1 = 0.30000000000000004).
+    """
+    g0 = g[0]
+    return g0 + (g - g0).sum(axis=0) / g.dtype.type(g.shape[0])
+
+
 def cross_domain_moments(g, variance: str = "unbiased") -> tuple[np.ndarray, np.ndarray]:
     """Cross-domain mean and variance of stacked per-domain gradients.
 
     Uses the two-pass formula (mean first, then centred squares), which stays exact to
     rounding when ``|mu| >> sqrt(s2)``; the streaming accumulator in
-    `iga_theory.stats` gives the same numbers without holding all K gradients.
+    `iga_theory.stats` gives the same numbers without holding all K gradients. The
+    mean is shifted by the first domain (see `_domain_mean`), so K equal gradients
+    give ``s2 = 0`` exactly.
 
     Parameters
     ----------
@@ -115,7 +128,7 @@ def cross_domain_moments(g, variance: str = "unbiased") -> tuple[np.ndarray, np.
     K = check_domain_stack("g", g.shape)
     check_finite("g", g)
 
-    mu = g.sum(axis=0) / g.dtype.type(K)
+    mu = _domain_mean(g)
     s2 = ((g - mu) ** 2).sum(axis=0) / g.dtype.type(VARIANCE_DIVISORS[variance](K))
     return mu, s2
 
@@ -361,5 +374,76 @@ def iga_direction(g, **mask_options) -> tuple[np.ndarray, np.ndarray]:
     """
     g = _as_float_array("g", g)
     mask = conflict_mask(g, **mask_options)
-    mu = g.sum(axis=0) / g.dtype.type(g.shape[0])
-    return mask * mu, mask
+    return mask * _domain_mean(g), mask
+
+
+def mask_rounding_bound(g, tau: float, kappa0: float = DEFAULT_KAPPA0, m_min: float = 0.0,
+                        eps: float | None = None, eps_rel: float = DEFAULT_EPS_REL,
+                        variance: str = "unbiased", dtype=None) -> np.ndarray:
+    r"""First-order bound on how far two roundings of the same mask can differ, per coordinate.
+
+    Two implementations that evaluate the formulas of this module in a floating dtype
+    with unit roundoff ``u`` (half the machine epsilon), but sum in another order, fuse
+    operations differently or use another exponential, give masks ``m_a`` and ``m_b``
+    with ``|m_a - m_b| <= bound`` to first order in u. The bound follows the error
+    analysis of each step, with ``G_j = max_e |g_ej|``:
+
+    * mean (shifted recursive sum, Higham 2002 eq. 4.4): ``|dmu| <= 4 (K + 2) u G`` for
+      the two routes together;
+    * variance (two-pass): relative ``2 (K + 3) u`` plus ``K dmu^2 / sum_e (g_e - mu)^2``
+      from the error of the mean;
+    * score: ``dc = (ds2 + c d(mu^2 + eps)) / (mu^2 + eps)``;
+    * mask: ``|dm| <= max |dm/dc| dc`` over ``[c - dc, c + dc]``, plus the rounding of
+      the sigmoid, ``4 (|z| + 4) u m``, plus ``4 * tiny`` for results flushed to zero
+      below the smallest normal number.
+
+    Coordinates where ``mu^2 + eps`` is within its own rounding error of 0 get the
+    trivial bound ``1 - m_min``. Tests use this bound as their tolerance for route
+    comparisons; it is not a rigorous interval enclosure.
+
+    Parameters
+    ----------
+    g : array_like, shape (K, ...), float
+        The per-domain gradients (as given to the implementations).
+    tau, kappa0, m_min, eps, eps_rel, variance
+        The mask parameters, as in `conflict_mask`.
+    dtype : numpy dtype or None
+        Working dtype of the implementations; default that of ``g`` (float16 gives float32).
+
+    Returns
+    -------
+    bound : ndarray, float64, shape g.shape[1:]
+    """
+    work = _as_float_array("g", g)
+    dtype = np.dtype(dtype) if dtype is not None else work.dtype
+    tau, kappa0, m_min = check_mask_parameters(tau, kappa0, m_min)
+    g64 = work.astype(np.float64)
+    K = check_domain_stack("g", g64.shape)
+    u = np.finfo(dtype).eps / 2
+    tiny = float(np.finfo(dtype).tiny)
+
+    mu, s2 = cross_domain_moments(g64, variance=variance)
+    divisor = VARIANCE_DIVISORS[variance](K)
+    eps_value = relative_eps(mu, s2, eps_rel) if eps is None else float(eps)
+    G = np.abs(g64).max(axis=0)
+    dmu = 4.0 * (K + 2) * u * G
+    ds2 = 2.0 * (K + 3) * u * s2 + K * dmu**2 / divisor
+    denominator = mu * mu + eps_value
+    ddenominator = 2.0 * np.abs(mu) * dmu + dmu**2 + 4.0 * u * denominator
+    resolved = denominator > 2.0 * ddenominator
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.where(s2 == 0, 0.0, s2 / denominator)
+        dc = (ds2 + c * ddenominator) / denominator + 4.0 * u * c
+    c = np.where(resolved, c, 0.0)
+    dc = np.where(resolved, dc, 0.0)
+
+    c_low, c_high = np.maximum(c - dc, 0.0), c + dc
+    slope = np.maximum(np.abs(mask_score_derivative(c_low, tau, kappa0, m_min)),
+                       np.abs(mask_score_derivative(c_high, tau, kappa0, m_min)))
+    peak = (1.0 - m_min) * kappa0 / (4.0 * tau * special.expit(kappa0))
+    slope = np.where((c_low <= tau) & (tau <= c_high), peak, slope)
+
+    m = mask_from_score(c, tau, kappa0=kappa0, m_min=m_min).astype(np.float64)
+    z = np.abs(kappa0 * (1.0 - c / tau))
+    bound = slope * dc + 4.0 * (z + 4.0) * u * m + 4.0 * tiny
+    return np.where(resolved, bound, 1.0 - m_min)

@@ -42,6 +42,7 @@ from iga_theory.mask import (
     VARIANCE_DIVISORS,
     _as_float_array,
     _check_variance,
+    _domain_mean,
     check_mask_parameters,
     default_tau,
 )
@@ -94,13 +95,15 @@ def _exp_nonpositive_f32(x, out, bits):  # pragma: no cover - compiled
 def _block_moments(g, start, stop, K_t, divisor_t, m, v):  # pragma: no cover - compiled
     """Mean and variance of coordinates ``start:stop`` into ``m`` and ``v``; returns sum(m^2 + v)."""
     n = stop - start
-    m[:] = g[0, start:stop]
+    # Mean shifted by the first domain, as in the reference: exact when all agree.
+    g0 = g[0, start:stop]
+    m[:] = 0
     for e in range(1, g.shape[0]):
         row = g[e, start:stop]
         for i in range(n):
-            m[i] += row[i]
+            m[i] += row[i] - g0[i]
     for i in range(n):
-        m[i] = m[i] / K_t
+        m[i] = g0[i] + m[i] / K_t
     v[:] = 0
     for e in range(g.shape[0]):
         row = g[e, start:stop]
@@ -349,7 +352,7 @@ def _masked(g, tau, kappa0, m_min, eps, eps_rel, variance, score, want_direction
         mask = mask_from_score(sign_conflict_score(flat), tau, kappa0=kappa0, m_min=m_min)
         if not want_direction:
             return mask.reshape(shape), None
-        mu = flat.sum(axis=0) / flat.dtype.type(K)
+        mu = _domain_mean(flat)
         return mask.reshape(shape), (mask * mu).reshape(shape)
 
     # Scalars in the gradients' dtype, rounded as the reference rounds them.
