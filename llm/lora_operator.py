@@ -1,0 +1,376 @@
+r"""The IGA operator on one PEFT LoRA layer: modes, placements and the descent safeguard.
+
+Per optimizer step each LoRA layer ``W0 + s B A`` (``B`` of shape ``(p, r)``, ``A`` of
+shape ``(r, q)``) has per-domain mean gradients from `iga_theory.llm.lora_hooks`. The
+operator turns them into new adapter gradients (placement ``gradient``) or into a mask
+applied to the wrapped optimizer's step (placement ``update``).
+
+Modes (`MODES`)
+---------------
+``"full"``
+    The weight-space operator. With the per-domain ``G_e`` (``p x q``): the cross-domain
+    mean ``mu`` and variance ``s2``, the conflict mask ``M``, the masked direction
+    ``D = M * mu``, its best rank-r approximation ``P = Pi_r(D)`` (exact SVD or
+    randomized range finder, float32), and the descent safeguard: when
+    ``<mu, P> <= 0`` the step uses ``D`` itself and counts the event. ``P`` is pulled
+    back to the factors by the chain rule, ``grad_B = s P A^T`` and ``grad_A = s B^T P``.
+    Cost per layer and step: one ``p x q`` outer product per domain in the backward
+    hook and one rank-r SVD.
+``"tangent"``
+    The cheap operator. The per-domain gradients are kept only through their
+    coordinates in an orthonormal basis of the adapter's tangent space (see
+    `iga_theory.llm.lora_tangent`); the mask acts on those coordinates and the masked
+    tangent vector is pulled back by the same chain rule. No ``p x q`` matrix is formed
+    and no projection is needed, because a tangent vector is what the factors can
+    express to first order. ``<mu, d> = sum_c m_c mu_c^2 >= 0`` holds by construction,
+    so the safeguard never fires. With every mask value 1 the gradients equal those of
+    plain LoRA on the same loss exactly.
+
+Placements (`PLACEMENTS`)
+-------------------------
+``"gradient"``
+    The adapter gradients are replaced before gradient clipping and the optimizer step.
+``"update"``
+    The optimizer steps with the unmasked mean gradient and its step ``(dB, dA)`` is
+    then masked: in mode ``tangent``, `lora_tangent.masked_factor_update` re-splits the
+    step so that each tangent coordinate of the first-order weight move is multiplied
+    by its mask value (a coordinate with mask 0 does not move, whatever the optimizer);
+    in mode ``full``, the first-order weight move ``s (dB A + B dA)`` is masked,
+    projected to rank r (with the safeguard) and realised by the minimum-norm factor
+    update (`lora_tangent.tangent_pullback_update`). Adam divides each coordinate by
+    its own running RMS, which cancels a mask applied to the gradient; ``update``
+    avoids that.
+
+Retraction
+----------
+`retract` is the opt-in plain-SGD step of the theory: the new adapter is the best
+rank-r approximation of ``s B A - lr P``, computed from thin factors (QR of each
+factor, SVD of the small core) and split back into ``B`` and ``A``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from iga_theory import mask_torch
+from iga_theory.config import field
+from iga_theory.errors import check_in_range
+from iga_theory.llm.lora_hooks import LoraLayerRef
+from iga_theory.llm.lora_tangent import (
+    TangentBasis,
+    coordinates,
+    factor_dtype,
+    masked_factor_update,
+    tangent_pullback_update,
+)
+from iga_theory.mask import DEFAULT_EPS_REL, DEFAULT_KAPPA0
+from iga_theory.stats import DEFAULT_RHO
+
+MODES = ("full", "tangent")
+PLACEMENTS = ("gradient", "update")
+PROJECTIONS = ("exact", "randomized")
+REMEDIES = ("ema", "none")
+NAN_POLICIES = ("raise", "skip")
+# Default placement for LoRA under AdamW, chosen by measurement (docs/llm.md, "Placement").
+DEFAULT_PLACEMENT = "update"
+# Default mode, chosen by the step-time benchmark (docs/llm.md, "Modes").
+DEFAULT_MODE = "tangent"
+# Oversampling and power iterations of the randomized range finder: Halko, Martinsson
+# and Tropp (2011) recommend p = 5-10 extra columns and 1-2 power iterations for
+# slowly decaying spectra.
+DEFAULT_OVERSAMPLING = 8
+DEFAULT_POWER_ITERATIONS = 2
+
+
+@dataclass
+class LoraIGAConfig:
+    """Settings of the IGA operator on LoRA layers (validated on creation)."""
+
+    mode: str = field(DEFAULT_MODE, "operator: 'full' (weight-space mask, rank-r projection) or "
+                      "'tangent' (mask in an orthonormal tangent basis; cheaper)", choices=MODES)
+    placement: str = field(DEFAULT_PLACEMENT, "where the mask acts: on the gradient, or on the "
+                           "wrapped optimizer's step", choices=PLACEMENTS)
+    tau: float | None = field(None, "conflict threshold; None uses the default min(tau0, K / t^2) "
+                              "for the number of domains present", low=0.0)
+    kappa0: float = field(DEFAULT_KAPPA0, "scale-free sharpness of the mask", low=0.0)
+    m_min: float = field(0.0, "floor of the mask, in [0, 1)", low=0.0, high=1.0)
+    eps_rel: float = field(DEFAULT_EPS_REL, "relative regulariser of the conflict score, per layer", low=0.0)
+    variance: str = field("unbiased", "cross-domain variance convention", choices=("unbiased", "population"))
+    remedy: str = field("ema", "minibatch-noise remedy for the per-domain means: exponential moving "
+                        "average over steps, or none", choices=REMEDIES)
+    rho: float = field(DEFAULT_RHO, "EMA rate of the per-domain means, in [0, 1)", low=0.0, high=1.0)
+    projection: str = field("exact", "rank-r projection of mode 'full': exact SVD or randomized range "
+                            "finder", choices=PROJECTIONS)
+    oversampling: int = field(DEFAULT_OVERSAMPLING, "extra columns of the randomized range finder", low=0)
+    power_iterations: int = field(DEFAULT_POWER_ITERATIONS, "power iterations of the randomized range finder",
+                                  low=0)
+    safeguard: bool = field(True, "fall back to the masked direction when the projected one is not a "
+                            "descent direction (mode 'full')")
+    nan_policy: str = field("raise", "on a non-finite statistic or a failed SVD: raise, or skip the "
+                            "optimizer step and count it", choices=NAN_POLICIES)
+
+    def __post_init__(self):
+        for name, allowed in (("mode", MODES), ("placement", PLACEMENTS), ("projection", PROJECTIONS),
+                              ("remedy", REMEDIES), ("nan_policy", NAN_POLICIES),
+                              ("variance", ("unbiased", "population"))):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}; got {value!r}")
+        if self.tau is not None:
+            check_in_range("tau", self.tau, 0.0, math.inf, low_open=True)
+        check_in_range("kappa0", self.kappa0, 0.0, math.inf, low_open=True)
+        check_in_range("m_min", self.m_min, 0.0, 1.0, high_open=True)
+        check_in_range("eps_rel", self.eps_rel, 0.0, math.inf)
+        check_in_range("rho", self.rho, 0.0, 1.0, high_open=True)
+        for name in ("oversampling", "power_iterations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0; got {value!r}")
+
+
+@dataclass
+class Direction:
+    """A ``p x q`` matrix held as thin factors ``L @ R`` (``L``: (p, k), ``R``: (k, q)).
+
+    ``R = None`` stands for the identity: ``L`` is then the dense ``p x q`` matrix.
+    """
+
+    L: torch.Tensor
+    R: torch.Tensor | None = None
+
+    def dense(self) -> torch.Tensor:
+        return self.L if self.R is None else self.L @ self.R
+
+    def right_times(self, X: torch.Tensor) -> torch.Tensor:
+        """``R @ X`` (``X`` itself when ``R`` is the identity)."""
+        return X if self.R is None else self.R @ X
+
+    def inner(self, X: torch.Tensor) -> torch.Tensor:
+        """Frobenius inner product ``<X, L R>`` without forming ``L R``: ``sum((L^T X) * R)``."""
+        if self.R is None:
+            return (self.L * X).sum()
+        return ((self.L.T @ X) * self.R).sum()
+
+
+# --------------------------------------------------------------------------- layout
+def domain_vectors(mode: str, means: dict[str, torch.Tensor], basis: TangentBasis | None) -> torch.Tensor:
+    """Per-domain vectors the mask acts on: shape ``(K, P)``.
+
+    ``full``: the flattened ``G_e`` (``P = p q``); ``tangent``: the concatenated
+    coordinates ``[core, left, right]`` (``P = dim T``).
+    """
+    if mode == "full":
+        G = means["G"]
+        return G.reshape(G.shape[0], -1)
+    blocks = coordinates(basis, means["GV"], means["UG"])
+    K = means["GV"].shape[0]
+    return torch.cat([blocks[name].reshape(K, -1) for name in ("core", "left", "right")], dim=1)
+
+
+def split_blocks(basis: TangentBasis, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Inverse of the concatenation in `domain_vectors` for one vector of length ``dim T``."""
+    out = {}
+    start = 0
+    for name, shape in basis.coordinate_shapes().items():
+        size = shape[0] * shape[1]
+        out[name] = flat[start:start + size].reshape(shape)
+        start += size
+    return out
+
+
+# ------------------------------------------------------------------- projections
+def _project_exact(D: torch.Tensor, r: int, config: LoraIGAConfig) -> Direction:
+    U, S, Vh = torch.linalg.svd(D, full_matrices=False)
+    return Direction(U[:, :r] * S[:r], Vh[:r])
+
+
+def _project_randomized(D: torch.Tensor, r: int, config: LoraIGAConfig) -> Direction:
+    if r + config.oversampling >= min(D.shape):
+        return _project_exact(D, r, config)
+    U, S, V = torch.svd_lowrank(D, q=r + config.oversampling, niter=config.power_iterations)
+    return Direction(U[:, :r] * S[:r], V[:, :r].T)
+
+
+# NOTE: a private adapter until iga_theory.projection offers the rank-r projection on
+# tensors; both paths compute in float32 or float64 (the caller casts).
+PROJECTORS = {"exact": _project_exact, "randomized": _project_randomized}
+
+
+def project_rank_r(D: torch.Tensor, r: int, config: LoraIGAConfig) -> Direction:
+    """Best rank-r approximation ``Pi_r(D)`` of a ``p x q`` matrix as thin factors."""
+    return PROJECTORS[config.projection](D, r, config)
+
+
+# ------------------------------------------------------------ gradient placement
+@dataclass
+class LayerOutcome:
+    """What the operator produced for one layer in one step."""
+
+    grad_B: torch.Tensor | None = None
+    grad_A: torch.Tensor | None = None
+    direction: Direction | None = None      # the weight-space direction behind the gradients
+    mask: torch.Tensor | None = None        # flat, (P,)
+    mu: torch.Tensor | None = None          # flat, (P,)
+    safeguard_fired: bool = False
+    projection_residual: float = float("nan")
+
+
+def masked_moments(vectors: torch.Tensor, config: LoraIGAConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cross-domain ``mu``, ``s2`` and the mask of ``(K, P)`` per-domain vectors."""
+    K = vectors.shape[0]
+    mu, s2 = mask_torch.cross_domain_moments(vectors, variance=config.variance)
+    mask = mask_torch.mask_from_moments(mu, s2, K, tau=config.tau, kappa0=config.kappa0, m_min=config.m_min,
+                                        eps_rel=config.eps_rel, variance=config.variance)
+    return mu, s2, mask
+
+
+def pull_back(ref: LoraLayerRef, direction: Direction, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chain-rule factor gradients of a weight-space gradient ``P = L R``.
+
+    ``grad_B = s P A^T = s L (R A^T)`` and ``grad_A = s B^T P = s (B^T L) R``.
+    """
+    s = ref.scaling
+    A = ref.lora_A.detach().to(dtype)
+    B = ref.lora_B.detach().to(dtype)
+    grad_B = s * direction.L @ direction.right_times(A.T)
+    grad_A = s * ((B.T @ direction.L) if direction.R is None else (B.T @ direction.L) @ direction.R)
+    return grad_B, grad_A
+
+
+def _full_gradient(ref: LoraLayerRef, basis: TangentBasis | None, mu: torch.Tensor, mask: torch.Tensor,
+                   config: LoraIGAConfig) -> LayerOutcome:
+    p, q = ref.shape
+    mu_matrix = mu.reshape(p, q)
+    D = mask.reshape(p, q) * mu_matrix
+    P = project_rank_r(D, ref.rank, config)
+
+    residual_norm = torch.linalg.matrix_norm(D - P.dense())
+    D_norm = torch.linalg.matrix_norm(D)
+    residual = float(residual_norm / D_norm) if float(D_norm) > 0 else 0.0
+    fired = config.safeguard and float(P.inner(mu_matrix)) <= 0.0 and float(D_norm) > 0
+    if fired:
+        # <mu, D> = sum_j m_j mu_j^2 >= 0: the masked direction itself never ascends.
+        P = Direction(D)
+    grad_B, grad_A = pull_back(ref, P, D.dtype)
+    return LayerOutcome(grad_B, grad_A, P, mask, mu, fired, residual)
+
+
+def _tangent_gradient(ref: LoraLayerRef, basis: TangentBasis, mu: torch.Tensor, mask: torch.Tensor,
+                      config: LoraIGAConfig) -> LayerOutcome:
+    direction = tangent_direction(basis, mask * mu)
+    grad_B, grad_A = pull_back(ref, direction, mu.dtype)
+    return LayerOutcome(grad_B, grad_A, direction, mask, mu, False, 0.0)
+
+
+def tangent_direction(basis: TangentBasis, flat: torch.Tensor) -> Direction:
+    """Thin factors of the tangent vector with flat coordinates ``flat``.
+
+    ``Y = Q_U [core; left] V^T + U (V_perp right^T)^T = [Y V, U] @ [V^T; right_full]``.
+    """
+    blocks = split_blocks(basis, flat)
+    YV = basis.U.apply(torch.cat([blocks["core"], blocks["left"]], dim=0))
+    padded = torch.cat([blocks["right"].new_zeros(basis.k_B, basis.k_A), blocks["right"]], dim=1)
+    right_full = basis.V.apply(padded.T.contiguous()).T
+    return Direction(torch.cat([YV, basis.U.Y], dim=1), torch.cat([basis.V.Y.T, right_full], dim=0))
+
+
+# Mode -> gradient-placement operator on one layer.
+GRADIENT_OPERATORS = {"full": _full_gradient, "tangent": _tangent_gradient}
+
+
+def layer_gradients(ref: LoraLayerRef, vectors: torch.Tensor, basis: TangentBasis | None,
+                    config: LoraIGAConfig) -> LayerOutcome:
+    """Run the operator of ``config.mode`` on one layer's ``(K, P)`` per-domain vectors."""
+    mu, _, mask = masked_moments(vectors, config)
+    return GRADIENT_OPERATORS[config.mode](ref, basis, mu, mask, config)
+
+
+def plain_gradients(ref: LoraLayerRef, mu: torch.Tensor, basis: TangentBasis | None,
+                    mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unmasked chain-rule factor gradients of the cross-domain mean ``mu`` (placement ``update``)."""
+    if mode == "full":
+        p, q = ref.shape
+        direction = Direction(mu.reshape(p, q))
+    else:
+        direction = tangent_direction(basis, mu)
+    return pull_back(ref, direction, mu.dtype)
+
+
+# -------------------------------------------------------------- update placement
+def _full_update(ref: LoraLayerRef, basis: TangentBasis, outcome: LayerOutcome, dB: torch.Tensor,
+                 dA: torch.Tensor, config: LoraIGAConfig) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    dtype = basis.W_A.dtype
+    s = ref.scaling
+    A = ref.lora_A.detach().to(dtype)
+    B = ref.lora_B.detach().to(dtype)
+    p, q = ref.shape
+    step = s * (dB.to(dtype) @ A + B @ dA.to(dtype))        # first-order weight move, (p, q)
+    masked = outcome.mask.reshape(p, q) * step
+    P = project_rank_r(masked, ref.rank, config)
+    fired = config.safeguard and float(P.inner(step)) <= 0.0 and bool(masked.any())
+    if fired:
+        P = Direction(masked)
+
+    V = basis.V.Y
+    U = basis.U.Y
+    Z_left = P.L @ P.right_times(V)                          # P V, (p, k_A)
+    UP = (U.T @ P.dense()) if P.R is None else (U.T @ P.L) @ P.R   # U^T P, (k_B, q)
+    Z_right = UP - (UP @ V) @ V.T
+    dB_new, dA_new = tangent_pullback_update(basis, Z_left, Z_right)
+    return dB_new, dA_new, fired
+
+
+def _tangent_update(ref: LoraLayerRef, basis: TangentBasis, outcome: LayerOutcome, dB: torch.Tensor,
+                    dA: torch.Tensor, config: LoraIGAConfig) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    dB_new, dA_new = masked_factor_update(basis, dB, dA, split_blocks(basis, outcome.mask))
+    return dB_new, dA_new, False
+
+
+# Mode -> update-placement operator: (optimizer step on the factors) -> masked step.
+UPDATE_OPERATORS = {"full": _full_update, "tangent": _tangent_update}
+
+
+def masked_update(ref: LoraLayerRef, basis: TangentBasis, outcome: LayerOutcome, dB: torch.Tensor,
+                  dA: torch.Tensor, config: LoraIGAConfig) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Mask the wrapped optimizer's factor step ``(dB, dA)`` of one layer; see the module docstring.
+
+    Returns ``(dB', dA', safeguard_fired)`` in the factorisation dtype.
+    """
+    return UPDATE_OPERATORS[config.mode](ref, basis, outcome, dB, dA, config)
+
+
+# -------------------------------------------------------------------- retraction
+def retract(ref: LoraLayerRef, direction: Direction, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Best rank-r approximation of ``s B A - lr P`` from thin factors, split back into ``(B, A)``.
+
+    ``s B A - lr L R = [s B, -lr L] [A; R]``; with ``[s B, -lr L] = Q_1 R_1`` and
+    ``[A; R]^T = Q_2 R_2`` the core ``R_1 R_2^T`` is small (``(r + k)`` square), and its
+    SVD truncated to r gives ``U S V^T``. The split is balanced:
+    ``B = Q_1 U S^{1/2} / sqrt(s)`` and ``A = S^{1/2} V^T Q_2^T / sqrt(s)``, so that
+    ``s B A`` is the approximation. Cost ``O((p + q)(r + k)^2)``; no ``p x q`` matrix.
+    """
+    dtype = direction.L.dtype
+    s = ref.scaling
+    A = ref.lora_A.detach().to(dtype)
+    B = ref.lora_B.detach().to(dtype)
+    r = ref.rank
+    if direction.R is None:
+        # A dense direction (the safeguard's fallback in mode "full"): dense SVD.
+        U, S, Vh = torch.linalg.svd(s * B @ A - lr * direction.L, full_matrices=False)
+        root = torch.sqrt(S[:r] / s)
+        return U[:, :r] * root, root[:, None] * Vh[:r]
+    left = torch.cat([s * B, -lr * direction.L], dim=1)
+    right = torch.cat([A, direction.R], dim=0)
+    Q1, R1 = torch.linalg.qr(left)
+    Q2, R2 = torch.linalg.qr(right.T)
+    Uc, S, Vch = torch.linalg.svd(R1 @ R2.T)
+    root = torch.sqrt(S[:r] / s)
+    return (Q1 @ Uc[:, :r]) * root, root[:, None] * (Vch[:r] @ Q2.T)
+
+
+def working_dtype(ref: LoraLayerRef) -> torch.dtype:
+    """Dtype of the operator's arithmetic for a layer: float64 for float64 adapters, else float32."""
+    return factor_dtype(ref.lora_A.dtype)
