@@ -108,18 +108,18 @@ def linear_predictor(n_features: int, loss: str, init_scale: float = 0.0) -> Pre
 def check_domain_batches(X, y) -> tuple[int, int]:
     """Validate stacked per-domain batches; return (K, n).
 
-    ``X`` must have shape (K, n, ...) and ``y`` shape (K, n, ...) with the same K and
-    n, n >= 1 and K >= 1, and both must be floating-point torch tensors.
+    ``X`` must have shape (K, n, features...) and ``y`` shape (K, n, ...) with the same
+    K and n, n >= 1 and K >= 1, and both must be floating-point torch tensors.
     """
     for name, value in (("X", X), ("y", y)):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor of shape (K, n, ...); got {type(value).__name__}")
         if not value.dtype.is_floating_point:
             raise TypeError(f"{name} must be a floating-point tensor; got dtype {value.dtype}")
-    if X.ndim < 2 or y.ndim < 2:
+    if X.ndim < 3 or y.ndim < 2:
         raise ValueError(
-            f"X and y must be stacked per domain with shapes (K, n, ...); got X {tuple(X.shape)} "
-            f"and y {tuple(y.shape)}"
+            f"X and y must be stacked per domain with shapes (K, n, features...) and (K, n, ...); "
+            f"got X {tuple(X.shape)} and y {tuple(y.shape)}"
         )
     if X.shape[:2] != y.shape[:2]:
         raise ValueError(
