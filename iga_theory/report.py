@@ -101,6 +101,7 @@ def build_report(config: ReportConfig, out_dir: str | Path, seed: int = 0, progr
     Returns the results dictionary.
     """
     out_dir = runs.ensure_writable_dir(out_dir)
+    runs.remove_stale_temporaries(out_dir, (RESULTS_NAME, PDF_NAME))  # left by a killed run
     results = run_experiments(config, seed, out_dir, progress=progress)
 
     from iga_theory.report_pages import render_pdf  # matplotlib only when drawing

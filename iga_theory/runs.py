@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import tempfile
 from importlib import metadata
@@ -111,6 +112,35 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+# Name of the temporary file of an atomic write of NAME: `tempfile.mkstemp` with prefix
+# ".NAME." and suffix ".tmp" inserts 8 characters from [a-z0-9_] (tempfile's
+# _RandomNameSequence, read in CPython 3.11).
+_TEMPORARY_NAME = r"\.{name}\.[a-z0-9_]{{8}}\.tmp"
+
+
+def remove_stale_temporaries(folder: str | Path, names: Iterable[str]) -> list[Path]:
+    """Delete the temporary files that killed atomic writes of ``names`` left in ``folder``.
+
+    A kill between `tempfile.mkstemp` and `os.replace` in `atomic_write_bytes` (or in
+    any writer using the same naming) leaves ``.NAME.XXXXXXXX.tmp`` behind; the target
+    file itself is never partial. Only files of that exact pattern are removed. Call
+    this only while no other process writes the same names into ``folder``, because a
+    live writer's temporary file would be removed too.
+
+    Returns the removed paths.
+    """
+    patterns = [re.compile(_TEMPORARY_NAME.format(name=re.escape(name))) for name in names]
+    removed = []
+    for path in Path(folder).iterdir():
+        if not any(pattern.fullmatch(path.name) for pattern in patterns):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+            logger.info("removed %s, left by an interrupted write", path)
+    return removed
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
@@ -159,6 +189,7 @@ class RunFolder:
         self.config = config
         self.records_path = self.path / "records.jsonl"
         self.done_path = self.path / "done.json"
+        remove_stale_temporaries(self.path, ("config.json", self.records_path.name, self.done_path.name))
         self._repair_torn_tail()
         config_path = self.path / "config.json"
         if not config_path.exists():
