@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
+from scipy import integrate, special, stats
 
 from iga_theory.errors import check_finite, check_in_range, check_positive_int
 
@@ -340,21 +340,23 @@ def hard_limit_conflict(betas) -> float:
     return variance / mean**2
 
 
-def hard_limit_spurious_weight(betas, tau: float, erm_spurious_weight: float) -> float:
-    """Theorem 3 (c): spurious weight of S1's hard-limit IGA fixed point, started at b = 0.
+def hard_limit_spurious_weight(betas, tau: float) -> float | None:
+    """Theorem 3 (c): spurious weight of S1's hard-limit IGA run started at b = 0, where it is closed form.
 
     In the hard limit (kappa0 -> inf, m_min = 0) with equal input scales, the spurious
-    coordinates keep the conflict score `hard_limit_conflict` while b = 0. If it
-    exceeds tau their mask is exactly 0, b stays 0, the invariant coordinates see equal
-    gradients in every domain (mask 1) and the run converges to the invariant solution,
-    whose spurious weight is 0. If it is below tau every mask is 1 and the run is ERM,
-    with ERM's spurious weight. At c = tau the hard mask is undefined.
+    coordinates keep the conflict score `hard_limit_conflict` while b = 0. If it exceeds
+    tau their mask is exactly 0, so b stays 0 for ever: the run's spurious weight is 0
+    and the invariant coordinates, whose gradients are then equal in every domain (mask
+    1), converge to the invariant solution. If the score is below tau the mask is 1, b
+    leaves 0 and the score changes along the path (it grows without bound near ERM's
+    solution, where mu = 0), so the run stops where the scores cross tau. That end point
+    has no closed form and None is returned. At c = tau the hard mask is undefined.
     """
     tau = check_in_range("tau", tau, 0.0, np.inf, low_open=True)
     c = hard_limit_conflict(betas)
     if c == tau:
         raise ValueError(f"the hard-limit mask is undefined at c = tau = {tau}")
-    return 0.0 if c > tau else float(erm_spurious_weight)
+    return 0.0 if c > tau else None
 
 
 def hard_limit_suppression_probability(K: int, tau: float, mu_over_tau: float) -> float:
@@ -383,5 +385,14 @@ def hard_limit_suppression_probability(K: int, tau: float, mu_over_tau: float) -
     tau = check_in_range("tau", tau, 0.0, np.inf, low_open=True)
     mu_over_tau = check_in_range("mu_over_tau", mu_over_tau, -np.inf, np.inf)
     limit = math.sqrt(K / tau)
-    distribution = stats.nct(df=K - 1, nc=math.sqrt(K) * mu_over_tau)
-    return float(distribution.cdf(limit) - distribution.cdf(-limit))
+    noncentrality = math.sqrt(K) * mu_over_tau
+    df = K - 1
+    # T = (Z + nc) / sqrt(V / df) with V ~ chi2(df): condition on V and integrate, which
+    # stays accurate where scipy.stats.nct.cdf returns NaN (large nc, scipy 1.x).
+    def integrand(v):
+        half_width = limit * math.sqrt(v / df)
+        return stats.chi2.pdf(v, df) * (special.ndtr(half_width - noncentrality)
+                                        - special.ndtr(-half_width - noncentrality))
+
+    value, _ = integrate.quad(integrand, 0.0, np.inf, epsabs=1e-13, epsrel=1e-11, limit=200)
+    return float(min(max(value, 0.0), 1.0))

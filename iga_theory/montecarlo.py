@@ -433,11 +433,11 @@ def sgd_s1_batched(model: S1Model, domains, T: int, eta: float, n: int, R: int,
     ema = minibatch(theta)[0] if statistics == "ema" else None
     lhs = np.zeros(R)
     plain = np.zeros(R)
-    sigma2 = np.zeros(R)
+    path = np.empty((T, R, model.n_params))
     alignment = np.empty((R, T))
     for t in range(T):
         full = theta @ hessian - c_bar  # exact pooled gradient, (R, P)
-        sigma2 = np.maximum(sigma2, model.sample_gradient_variance(theta, domains, n))
+        path[t] = theta
         g, per_example = minibatch(theta)
         if statistics == "ema":
             mask = mask_of(ema)
@@ -456,6 +456,8 @@ def sgd_s1_batched(model: S1Model, domains, T: int, eta: float, n: int, R: int,
         alignment[:, t] = np.where(norms > 0, (full * d).sum(axis=1) / np.where(norms > 0, norms, 1.0), 1.0)
         theta = theta - eta * d
 
+    # Exact minibatch-gradient variance at every visited point; its max bounds sigma^2.
+    sigma2 = model.sample_gradient_variance(path.reshape(-1, model.n_params), domains, n).reshape(T, R).max(axis=0)
     r_inf = float(np.mean(model.risks(model.erm_solution(domains), domains)))
     start = np.zeros(model.n_params) if theta0 is None else np.asarray(theta0, dtype=np.float64)
     gap = max(float(np.mean(model.risks(start, domains))) - r_inf, 0.0)
