@@ -16,6 +16,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("iga_theory.commands.report", "run the synthetic experiments and write the PDF report"),
     "isomers": ("iga_theory.commands.isomers", "generate, validate and summarise Logical Isomer Set JSONL files"),
+    "validate": ("iga_theory.commands.validate", "run the verification experiments of Theorems 1-3 and write a certificate"),
     "compare": ("iga_theory.commands.compare", "compare IGA with the invariance baselines on the synthetic benchmarks"),
 }
 
