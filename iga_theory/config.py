@@ -146,6 +146,8 @@ def to_dict(instance) -> dict:
 def read_config_file(path: str | Path) -> dict:
     """Parse a JSON (``.json``) or TOML (``.toml``) configuration file into plain data."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"configuration path {str(path)!r} is not a regular file; pass a .json or .toml file")
     if not path.is_file():
         raise ConfigError(f"configuration file not found: {str(path)!r}; pass an existing .json or .toml file")
     suffix = path.suffix.lower()

@@ -56,6 +56,11 @@ CONFLICT_SCORES = ("variance", "sign")
 
 def _as_float_array(name: str, g) -> np.ndarray:
     """Return ``g`` as a float32 or float64 array (float16 is upcast to float32)."""
+    if isinstance(g, (list, tuple)) and len({np.shape(item) for item in g}) > 1:
+        raise ValueError(
+            f"{name} must stack one gradient per domain, all of one shape; got shapes "
+            f"{[np.shape(item) for item in g]}. Flatten or pad them to a common shape."
+        )
     g = np.asarray(g)
     if not np.issubdtype(g.dtype, np.floating):
         raise TypeError(

@@ -1,10 +1,10 @@
 """Same command, same seed: ``iga report`` writes the same results.json, bit for bit.
 
-One run is a subprocess with a fixed ``PYTHONHASHSEED`` and one BLAS thread, the other
-runs in this test process (random hash seed, default threads, another working
-directory), so a dependence on set or dict ordering, on the process, or on the
-number of threads shows up as a difference. Only the keys holding wall-clock times
-(``timing``) and the git commit are left out of the comparison.
+One run is a subprocess with a fixed ``PYTHONHASHSEED`` and one BLAS thread. The other
+runs in this test process, with its own hash seed, the default number of threads and
+another working directory. A dependence on set or dict ordering, on the process or on
+the number of threads therefore shows up as a difference. Only the keys holding
+wall-clock times (``timing``) and the git commit are left out of the comparison.
 """
 
 import json

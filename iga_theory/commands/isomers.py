@@ -82,6 +82,10 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite:
         print(f"error: {args.out} exists; pass --overwrite to replace it", file=sys.stderr)
         return 1
+    if not args.out.parent.is_dir():
+        print(f"error: output folder {str(args.out.parent)!r} does not exist or is not a folder; "
+              "create it or pass another --out", file=sys.stderr)
+        return 1
     fractions = None if args.fractions is None else dict(zip(SPLITS, args.fractions))
     try:
         items = generate_items(args.sets, args.seed, args.domains, split_fractions=fractions,
@@ -89,7 +93,12 @@ def run_generate(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    write_jsonl(items, args.out)
+    try:
+        write_jsonl(items, args.out)
+    except OSError as error:
+        print(f"error: cannot write {str(args.out)!r}: {error.strerror or error}; "
+              "pass an --out in a folder you can write to", file=sys.stderr)
+        return 1
     summary = isomer_stats(items)
     per_split = ", ".join(f"{split} {summary['sets_per_split'][split]}" for split in SPLITS)
     print(f"wrote {summary['n_items']} items in {summary['n_sets']} sets to {args.out} "
