@@ -55,7 +55,7 @@ from dataclasses import dataclass
 
 import torch
 
-from iga_theory import mask_torch
+from iga_theory import lora_step, mask_torch
 from iga_theory.config import field
 from iga_theory.errors import check_in_range
 from iga_theory.llm.lora_hooks import LoraLayerRef
@@ -67,6 +67,7 @@ from iga_theory.llm.lora_tangent import (
     tangent_pullback_update,
 )
 from iga_theory.mask import DEFAULT_EPS_REL, DEFAULT_KAPPA0
+from iga_theory.projection import DEFAULT_OVERSAMPLE, DEFAULT_POWER_ITERS, truncated_svd
 from iga_theory.stats import DEFAULT_RHO
 
 MODES = ("full", "tangent")
@@ -78,11 +79,6 @@ NAN_POLICIES = ("raise", "skip")
 DEFAULT_PLACEMENT = "update"
 # Default mode, chosen by the step-time benchmark (docs/llm.md, "Modes").
 DEFAULT_MODE = "tangent"
-# Oversampling and power iterations of the randomized range finder: Halko, Martinsson
-# and Tropp (2011) recommend p = 5-10 extra columns and 1-2 power iterations for
-# slowly decaying spectra.
-DEFAULT_OVERSAMPLING = 8
-DEFAULT_POWER_ITERATIONS = 2
 
 
 @dataclass
@@ -104,8 +100,8 @@ class LoraIGAConfig:
     rho: float = field(DEFAULT_RHO, "EMA rate of the per-domain means, in [0, 1)", low=0.0, high=1.0)
     projection: str = field("exact", "rank-r projection of mode 'full': exact SVD or randomized range "
                             "finder", choices=PROJECTIONS)
-    oversampling: int = field(DEFAULT_OVERSAMPLING, "extra columns of the randomized range finder", low=0)
-    power_iterations: int = field(DEFAULT_POWER_ITERATIONS, "power iterations of the randomized range finder",
+    oversampling: int = field(DEFAULT_OVERSAMPLE, "extra columns of the randomized range finder", low=0)
+    power_iterations: int = field(DEFAULT_POWER_ITERS, "power iterations of the randomized range finder",
                                   low=0)
     safeguard: bool = field(True, "fall back to the masked direction when the projected one is not a "
                             "descent direction (mode 'full')")
@@ -182,26 +178,15 @@ def split_blocks(basis: TangentBasis, flat: torch.Tensor) -> dict[str, torch.Ten
 
 
 # ------------------------------------------------------------------- projections
-def _project_exact(D: torch.Tensor, r: int, config: LoraIGAConfig) -> Direction:
-    U, S, Vh = torch.linalg.svd(D, full_matrices=False)
-    return Direction(U[:, :r] * S[:r], Vh[:r])
-
-
-def _project_randomized(D: torch.Tensor, r: int, config: LoraIGAConfig) -> Direction:
-    if r + config.oversampling >= min(D.shape):
-        return _project_exact(D, r, config)
-    U, S, V = torch.svd_lowrank(D, q=r + config.oversampling, niter=config.power_iterations)
-    return Direction(U[:, :r] * S[:r], V[:, :r].T)
-
-
-# NOTE: a private adapter until iga_theory.projection offers the rank-r projection on
-# tensors; both paths compute in float32 or float64 (the caller casts).
-PROJECTORS = {"exact": _project_exact, "randomized": _project_randomized}
-
-
 def project_rank_r(D: torch.Tensor, r: int, config: LoraIGAConfig) -> Direction:
-    """Best rank-r approximation ``Pi_r(D)`` of a ``p x q`` matrix as thin factors."""
-    return PROJECTORS[config.projection](D, r, config)
+    """Best rank-r approximation ``Pi_r(D)`` of a ``p x q`` matrix as thin factors ``(U S) Vh``.
+
+    `iga_theory.projection.truncated_svd` with the method of ``config.projection``; the
+    randomized sketch uses a fixed seed, so the same statistics give the same step.
+    """
+    U, S, Vh = truncated_svd(D, r, method=config.projection, oversample=config.oversampling,
+                             power_iters=config.power_iterations, seed=0)
+    return Direction(U * S, Vh)
 
 
 # ------------------------------------------------------------ gradient placement
@@ -227,17 +212,24 @@ def masked_moments(vectors: torch.Tensor, config: LoraIGAConfig) -> tuple[torch.
     return mu, s2, mask
 
 
+def _thin_or_dense(direction: Direction):
+    """The direction in the form `iga_theory.lora_step` takes: ``(U, S, Vh)`` or a dense matrix."""
+    if direction.R is None:
+        return direction.L
+    k = direction.L.shape[1]
+    return (direction.L, torch.ones(k, dtype=direction.L.dtype, device=direction.L.device), direction.R)
+
+
 def pull_back(ref: LoraLayerRef, direction: Direction, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Chain-rule factor gradients of a weight-space gradient ``P = L R``.
 
-    ``grad_B = s P A^T = s L (R A^T)`` and ``grad_A = s B^T P = s (B^T L) R``.
+    ``grad_B = s P A^T`` and ``grad_A = s B^T P`` (`iga_theory.lora_step.factor_gradients`,
+    from thin factors when ``P`` has them).
     """
-    s = ref.scaling
     A = ref.lora_A.detach().to(dtype)
     B = ref.lora_B.detach().to(dtype)
-    grad_B = s * direction.L @ direction.right_times(A.T)
-    grad_A = s * ((B.T @ direction.L) if direction.R is None else (B.T @ direction.L) @ direction.R)
-    return grad_B, grad_A
+    # lora_step takes alpha with scale = alpha / r; passing s r covers rsLoRA's alpha / sqrt(r) too.
+    return lora_step.factor_gradients(_thin_or_dense(direction), B, A, ref.scaling * ref.rank)
 
 
 def _full_gradient(ref: LoraLayerRef, basis: TangentBasis | None, mu: torch.Tensor, mask: torch.Tensor,
@@ -344,31 +336,16 @@ def masked_update(ref: LoraLayerRef, basis: TangentBasis, outcome: LayerOutcome,
 
 # -------------------------------------------------------------------- retraction
 def retract(ref: LoraLayerRef, direction: Direction, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Best rank-r approximation of ``s B A - lr P`` from thin factors, split back into ``(B, A)``.
+    r"""Best rank-r approximation of ``s B A - lr P``, split back into ``(B, A)``.
 
-    ``s B A - lr L R = [s B, -lr L] [A; R]``; with ``[s B, -lr L] = Q_1 R_1`` and
-    ``[A; R]^T = Q_2 R_2`` the core ``R_1 R_2^T`` is small (``(r + k)`` square), and its
-    SVD truncated to r gives ``U S V^T``. The split is balanced:
-    ``B = Q_1 U S^{1/2} / sqrt(s)`` and ``A = S^{1/2} V^T Q_2^T / sqrt(s)``, so that
-    ``s B A`` is the approximation. Cost ``O((p + q)(r + k)^2)``; no ``p x q`` matrix.
+    `iga_theory.lora_step.retract`: from thin factors (QR of ``[s B, -lr L]`` and
+    ``[A; R]^T``, SVD of the small core) when ``P`` has them, with a dense SVD otherwise;
+    the split is balanced, ``B = U S^{1/2} / sqrt(s)`` and ``A = S^{1/2} V^T / sqrt(s)``.
     """
     dtype = direction.L.dtype
-    s = ref.scaling
     A = ref.lora_A.detach().to(dtype)
     B = ref.lora_B.detach().to(dtype)
-    r = ref.rank
-    if direction.R is None:
-        # A dense direction (the safeguard's fallback in mode "full"): dense SVD.
-        U, S, Vh = torch.linalg.svd(s * B @ A - lr * direction.L, full_matrices=False)
-        root = torch.sqrt(S[:r] / s)
-        return U[:, :r] * root, root[:, None] * Vh[:r]
-    left = torch.cat([s * B, -lr * direction.L], dim=1)
-    right = torch.cat([A, direction.R], dim=0)
-    Q1, R1 = torch.linalg.qr(left)
-    Q2, R2 = torch.linalg.qr(right.T)
-    Uc, S, Vch = torch.linalg.svd(R1 @ R2.T)
-    root = torch.sqrt(S[:r] / s)
-    return (Q1 @ Uc[:, :r]) * root, root[:, None] * (Vch[:r] @ Q2.T)
+    return lora_step.retract(B, A, ref.scaling * ref.rank, float(lr), _thin_or_dense(direction))
 
 
 def working_dtype(ref: LoraLayerRef) -> torch.dtype:

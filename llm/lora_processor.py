@@ -154,6 +154,11 @@ class LoraIGAProcessor:
         projection residual ``||D - Pi_r(D)|| / ||D||`` (mode ``full``), cumulative
         safeguard events, host time of the operator and of the backward hooks in seconds.
     step_count, skipped_steps, failed_svd_steps : int
+    last_grad_norm : float
+        Norm of the adapter gradients the last `prepare_step` wrote (IGA's in placement
+        ``gradient``, the unmasked mean's in placement ``update``).
+    last_micro_batches : int
+        Backward passes accumulated into the last step's statistics.
     """
 
     def __init__(self, model: nn.Module, domains: Sequence[str] | int, config: LoraIGAConfig | None = None,
@@ -179,6 +184,8 @@ class LoraIGAProcessor:
         self.skipped_steps = 0
         self.failed_svd_steps = 0
         self.last_domain_losses: dict[str, float] = {}
+        self.last_micro_batches = 0
+        self.last_grad_norm = float("nan")
         self._prepared: dict | None = None
         self._skipped = False
         self._model_hooks: list = []
@@ -281,11 +288,15 @@ class LoraIGAProcessor:
             return self._skip()
 
         self.ema.update(new_ema)
+        self.last_micro_batches = statistics.n_micro_batches
+        squared_norm = 0.0
         for ref in self.layers:
             outcome = outcomes[ref.name]
             ref.lora_B.grad = outcome.grad_B.to(ref.lora_B.dtype)
             ref.lora_A.grad = outcome.grad_A.to(ref.lora_A.dtype)
+            squared_norm += float(outcome.grad_B.square().sum() + outcome.grad_A.square().sum())
             self._record_diagnostics(ref, outcome, times[ref.name], statistics.hook_seconds.get(ref.name, 0.0))
+        self.last_grad_norm = squared_norm ** 0.5
         self._prepared = {"outcomes": outcomes, "bases": bases}
         logger.debug("IGA step %d prepared in %.4f s", self.step_count, time.perf_counter() - start)
         return True
@@ -433,7 +444,7 @@ class LoraIGAProcessor:
     def summary(self) -> dict[str, float]:
         """Diagnostics averaged over layers, plus the counters, for a training log."""
         out = {"iga/steps": self.step_count, "iga/skipped_steps": self.skipped_steps,
-               "iga/failed_svd_steps": self.failed_svd_steps}
+               "iga/failed_svd_steps": self.failed_svd_steps, "iga/grad_norm": self.last_grad_norm}
         if self.diagnostics:
             for key in DIAGNOSTIC_KEYS:
                 values = [d[key] for d in self.diagnostics.values()]
