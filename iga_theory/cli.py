@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "isomers": ("iga_theory.commands.isomers", "generate, validate and summarise Logical Isomer Set JSONL files"),
     "validate": ("iga_theory.commands.validate", "run the verification experiments of Theorems 1-3 and write a certificate"),
     "compare": ("iga_theory.commands.compare", "compare IGA with the invariance baselines on the synthetic benchmarks"),
+    "bench": ("iga_theory.commands.bench", "time the operators against their performance targets; write bench.json"),
 }
 
 
