@@ -257,3 +257,45 @@ class RunFolder:
 def iter_pending(run: RunFolder, keys: Iterable[str]) -> list[str]:
     """Keys of ``keys`` that have no record yet, in order."""
     return [key for key in keys if not run.finished(key)]
+
+
+# Checkpoint folders of the Hugging Face Trainer: "checkpoint-<global step>".
+CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
+# File the Hugging Face Trainer writes last into a checkpoint folder (transformers 4.x
+# and 5.x, `Trainer._save_checkpoint`): its presence means the files before it are complete.
+CHECKPOINT_MARKER = "trainer_state.json"
+
+
+def last_complete_checkpoint(folder: str | Path, marker: str = CHECKPOINT_MARKER,
+                             required: Iterable[str] = ()) -> Path | None:
+    """Newest ``checkpoint-<step>`` folder of ``folder`` that a kill did not cut short.
+
+    A checkpoint counts as complete when its ``marker`` file (written last) parses as a
+    JSON object and every name of ``required`` exists beside it. A kill while a
+    trainer writes a checkpoint leaves a folder without the marker, which
+    `transformers.trainer_utils.get_last_checkpoint` still returns (checked with
+    transformers 5.x), so that ``resume_from_checkpoint=True`` then fails. Pass the
+    result of this function as ``resume_from_checkpoint`` instead.
+
+    Returns None when there is no complete checkpoint (or no folder).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    steps = []
+    for path in folder.iterdir():
+        match = CHECKPOINT_PATTERN.fullmatch(path.name)
+        if match and path.is_dir():
+            steps.append((int(match.group(1)), path))
+    for step, path in sorted(steps, reverse=True):
+        try:
+            state = json.loads((path / marker).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            logger.warning("skipping incomplete checkpoint %s (no valid %s)", path, marker)
+            continue
+        missing = [name for name in required if not (path / name).exists()]
+        if not isinstance(state, dict) or missing:
+            logger.warning("skipping incomplete checkpoint %s (missing %s)", path, missing or marker)
+            continue
+        return path
+    return None

@@ -17,13 +17,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-# Keys that hold wall-clock times or dates; they may differ between two runs of the same
-# command and are left out of every comparison.
-TIME_KEYS = frozenset({"timing", "timestamp", "started_at", "finished_at", "created_at", "elapsed_s",
-                       "wall_s", "seconds"})
+# Keys that hold wall-clock times or dates; they differ between two runs of the same
+# command and are left out of every comparison: "timing" (results.json of iga report),
+# "runtime_s" and "experiment_seconds" (certificate.json of iga validate),
+# "finished_at" (run folder records).
+TIME_KEYS = frozenset({"timing", "runtime_s", "experiment_seconds", "finished_at"})
 # Upper bound on one uninterrupted small run in a test, on a loaded 2-core machine.
 RUN_TIMEOUT_S = 240
 # Interval between two looks at a running process's files.
@@ -38,13 +40,16 @@ def iga_command(*args: str) -> list[str]:
 
 
 def run_to_completion(command: list[str], log_path: Path, env: dict | None = None,
-                      cwd: Path | None = None) -> float:
-    """Run ``command`` to its end; return its wall time in seconds (raise on failure)."""
+                      cwd: Path | None = None, ok_status: tuple[int, ...] = (0,)) -> float:
+    """Run ``command`` to its end; return its wall time in seconds.
+
+    Raises AssertionError when the exit status is not in ``ok_status``.
+    """
     started = time.perf_counter()
     with open(log_path, "ab") as log:
         status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                 timeout=RUN_TIMEOUT_S).returncode
-    if status != 0:
+    if status not in ok_status:
         raise AssertionError(f"{command} exited with status {status}; log:\n{log_path.read_text()[-4000:]}")
     return time.perf_counter() - started
 
@@ -59,8 +64,13 @@ class Phases:
     n_records: int
 
 
-def run_timed(command: list[str], out_dir: Path, log_path: Path, env: dict | None = None) -> Phases:
-    """Run ``command`` to its end, watching when records appear below ``out_dir``."""
+def run_timed(command: list[str], out_dir: Path, log_path: Path, env: dict | None = None,
+              ok_status: tuple[int, ...] = (0,), progress: Callable[[Path], int] | None = None) -> Phases:
+    """Run ``command`` to its end, watching when records appear below ``out_dir``.
+
+    ``progress(out_dir)`` counts finished units of work (default `count_records`).
+    """
+    progress = progress or count_records
     first = last = None
     seen = 0
     started = time.perf_counter()
@@ -71,7 +81,7 @@ def run_timed(command: list[str], out_dir: Path, log_path: Path, env: dict | Non
                 now = time.perf_counter() - started
                 if now > RUN_TIMEOUT_S:
                     raise AssertionError(f"{command} ran past {RUN_TIMEOUT_S} s")
-                count = count_records(out_dir)
+                count = progress(out_dir)
                 if count > seen:
                     first = now if first is None else first
                     last, seen = now, count
@@ -80,10 +90,10 @@ def run_timed(command: list[str], out_dir: Path, log_path: Path, env: dict | Non
             process.kill()
             process.wait(timeout=30)
     end = time.perf_counter() - started
-    if process.returncode != 0:
+    if process.returncode not in ok_status:
         raise AssertionError(f"{command} exited with status {process.returncode}; log:\n"
                              f"{log_path.read_text()[-4000:]}")
-    seen = count_records(out_dir)
+    seen = progress(out_dir)
     first = end if first is None else first
     return Phases(first_record=first, last_record=end if last is None else last, end=end, n_records=seen)
 
@@ -108,19 +118,21 @@ class Kill:
     records_after: int
 
 
-def kill_at(command: list[str], out_dir: Path, log_path: Path, moment: tuple, env: dict | None = None) -> bool:
+def kill_at(command: list[str], out_dir: Path, log_path: Path, moment: tuple, env: dict | None = None,
+            progress: Callable[[Path], int] | None = None) -> bool:
     """Start ``command`` and SIGKILL it at ``moment``; return whether it was still running.
 
     ``moment`` is ``("time", seconds)``: that long after the start, or
-    ``("records_total", n, seconds)``: that long after ``out_dir`` holds ``n`` records
-    (at once if the process ends before).
+    ``("records_total", n, seconds)``: that long after ``progress(out_dir)`` (default
+    `count_records`) reaches ``n`` (at once if the process ends before).
     """
+    progress = progress or count_records
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             started = time.perf_counter()
             if moment[0] == "records_total":
-                while process.poll() is None and count_records(out_dir) < moment[1]:
+                while process.poll() is None and progress(out_dir) < moment[1]:
                     if time.perf_counter() - started > RUN_TIMEOUT_S:
                         raise AssertionError(f"no progress within {RUN_TIMEOUT_S} s: {command}")
                     time.sleep(POLL_S / 4)

@@ -56,6 +56,7 @@ class CliCase:
     fragments: Callable[[Path], tuple[str, ...]]
     setup: Callable[[Path], None] | None = None
     absent: tuple[str, ...] = field(default=())  # output paths that must not exist afterwards
+    stream: str = "err"  # where the command prints its error: "err" or "out"
 
 
 # ----- inputs -------------------------------------------------------------------------
@@ -281,6 +282,12 @@ CLI_CASES = [
             1, lambda d: ("'blocker'",), setup=write_file("blocker", "")),
     CliCase("isomers generate zero sets", lambda d: ["isomers", "generate", "--sets", "0", "--out", "x.jsonl"],
             1, lambda d: ("n_sets", "0"), absent=("x.jsonl",)),
+    CliCase("validate --out under a file", lambda d: ["validate", "--quick", "--out", "blocker/out"],
+            2, lambda d: ("not writable", "blocker"), setup=write_file("blocker", ""), stream="out"),
+    CliCase("validate config missing", lambda d: ["validate", "--config", "absent.toml", "--out", "out"],
+            2, lambda d: ("absent.toml", "not found"), stream="out"),
+    CliCase("validate one seed", lambda d: ["validate", "--seeds", "1", "--out", "out"],
+            2, lambda d: ("--seeds", ">= 2", "got 1"), absent=("out",)),
     CliCase("compare zero seeds", lambda d: ["compare", "--seeds", "0", "--out", "out"],
             2, lambda d: ("seeds", "got 0"), absent=("out",)),
     CliCase("compare unknown benchmark", lambda d: ["compare", "--benchmarks", "s9", "--out", "out"],
@@ -305,10 +312,11 @@ def test_cli_rejects_bad_input(case, tmp_path, monkeypatch, capsys):
 
     status = run_cli(case.args(tmp_path))
 
-    message = capsys.readouterr().err
-    assert status == case.status, message
+    captured = capsys.readouterr()
+    message = captured.err if case.stream == "err" else captured.out
+    assert status == case.status, captured
     for fragment in case.fragments(tmp_path):
-        assert fragment in message, f"{fragment!r} missing from stderr: {message}"
+        assert fragment in message, f"{fragment!r} missing from the error output: {message}"
     assert snapshot(tmp_path) == before
     for name in case.absent:
         assert not (tmp_path / name).exists()

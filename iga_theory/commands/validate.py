@@ -87,12 +87,12 @@ def run_validation(out: str | Path, quick: bool = False, seeds: int | None = Non
         Write the figures and ``theory.pdf``.
     """
     start = time.perf_counter()
-    out = ensure_writable_dir(out)
     config = build_config(quick, seeds, seed, config_path)
     keys = list(EXPERIMENTS) if only is None else list(only)
     unknown = sorted(set(keys) - set(EXPERIMENTS))
     if unknown:
         raise ValueError(f"unknown experiment(s) {unknown}; choose from {sorted(EXPERIMENTS)}")
+    out = ensure_writable_dir(out)  # only after the input is valid, so a rejected call creates nothing
 
     run = RunFolder(out, "validate", to_dict(config), config_hash(config))
     results = {}
@@ -117,7 +117,7 @@ def run_validation(out: str | Path, quick: bool = False, seeds: int | None = Non
         "measurements": measurements,
         "mode": "config-file" if config_path else ("quick" if quick else "default"),
         "config": to_dict(config),
-        "run_folder": str(run.path),
+        "run_folder": run.path.name,  # relative to the output folder, so that a moved folder still matches
         "experiment_seconds": timings,
         "provenance": provenance(),
     }
@@ -150,6 +150,9 @@ def _command(args: argparse.Namespace) -> int:
                                      config_path=args.config, only=args.only, figures=not args.no_figures)
     except (ConfigError, ValueError, TypeError) as error:
         print(f"iga validate: {error}")
+        return 2
+    except OSError as error:  # an output folder that cannot be created or written
+        print(f"iga validate: error: {error}")
         return 2
     _print_table(certificate)
     print(f"certificate: {Path(args.out) / 'certificate.json'}")
