@@ -26,7 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 # A representation vector with norm below this (relative to the largest norm in the
-# batch) has no direction; normalising it would turn rounding noise into a unit vector.
+# batch) has no direction, because normalising it would turn rounding noise into a
+# unit vector.
 ZERO_NORM_RTOL = 1e-12
 
 

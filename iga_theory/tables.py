@@ -90,7 +90,7 @@ def _interval(summary: Summary) -> tuple[float, float]:
 
 
 def bold_best(column: Sequence[Summary | None], higher_is_better: bool) -> list[bool]:
-    """Which entries of a column to set in bold: the best mean and every interval overlapping it.
+    """Flag the entries of a column to set in bold: the best mean and every interval overlapping it.
 
     Missing entries (None) are never bold. Returns one flag per entry.
     """
@@ -131,7 +131,7 @@ def latex_escape(text: str) -> str:
 def latex_table(row_labels: Sequence[str], column_labels: Sequence[str],
                 cells: Sequence[Sequence[Summary | None]], higher_is_better: Sequence[bool],
                 caption: str = "", digits: int = 3) -> str:
-    r"""A LaTeX ``tabular`` of ``mean $\pm$ se`` cells with the best of each column in bold.
+    r"""Render a LaTeX ``tabular`` of ``mean $\pm$ se`` cells with the best of each column in bold.
 
     Parameters
     ----------

@@ -9,8 +9,8 @@ diagnostics (``loss`` is always there). Subclasses implement one method,
 
 * ``gradient``: what the optimizer is handed under the ``gradient`` placement;
 * ``mean_gradient`` and ``multiplier`` (mask methods only): under the ``update``
-  placement the optimizer computes its step from the unmasked ``mean_gradient`` and
-  the step is then multiplied elementwise by ``multiplier``, so a coordinate whose
+  placement the optimizer computes its step from the unmasked ``mean_gradient``.
+  The step is then multiplied elementwise by ``multiplier``, so a coordinate whose
   multiplier is 0 does not move under any optimizer. Adam divides each coordinate
   by its own running root mean square, so a mask applied to the gradient cancels:
   ``(m mu) / sqrt(m^2 v) = mu / sqrt(v)``; only the ``update`` placement keeps a
@@ -144,7 +144,7 @@ OPTIMIZERS: dict[str, Callable[[list[torch.Tensor], float], torch.optim.Optimize
 
 @dataclass
 class Direction:
-    """What one step hands to the optimizer (see the module docstring).
+    """Quantities that one step hands to the optimizer (see the module docstring).
 
     Attributes
     ----------
@@ -185,7 +185,7 @@ def register_algorithm(cls: type["Algorithm"]) -> type["Algorithm"]:
 
 
 def algorithm_class(name: str) -> type["Algorithm"]:
-    """The registered algorithm ``name``."""
+    """Look up the registered algorithm ``name``."""
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}")
     return ALGORITHMS[name]
@@ -263,7 +263,7 @@ class Algorithm:
 
     @classmethod
     def hparam_declarations(cls) -> tuple[HParam, ...]:
-        """The shared hyperparameters followed by the method's own."""
+        """Return the shared hyperparameter declarations followed by the method's own."""
         return BASE_HPARAMS + cls.HPARAMS
 
     @classmethod

@@ -20,7 +20,7 @@ the per-sample gradients in domain e, ``g_e`` the gradient of ``L_e``. The annea
 weight is ``lambda_t = 1`` for ``t < anneal_steps`` (Fishr: 0) and ``lambda`` after,
 with a fresh optimizer state at ``t = anneal_steps``, as in DomainBed (Gulrajani & Lopez-Paz,
 "In Search of Lost Domain Generalization", ICLR 2021), whose implementations and
-default hyperparameters these follow unless a docstring says otherwise.
+default hyperparameters these follow unless a class docstring states otherwise.
 
 Gradients of the penalised objectives come from `torch.func.grad`, through the
 per-sample and per-domain gradients of `iga_theory.synthetic.per_domain`.
@@ -115,7 +115,7 @@ def gradient_alignment_penalty(gradients: torch.Tensor) -> torch.Tensor:
 
 # ----- hyperparameters shared by the annealed penalties ----------------------------------
 
-# DomainBed anneals over 500 of 5000 steps; the synthetic runs last a few hundred steps,
+# DomainBed anneals over 500 of 5000 steps. The synthetic runs last a few hundred steps,
 # so the default and the search range are scaled down by the same factor of about ten.
 ANNEAL = HParam("anneal_steps", 50, IntLogUniform(0, 2.3),
                 "steps trained with penalty weight 1 (Fishr: 0) before the full weight applies")
@@ -291,7 +291,7 @@ class KoyamaYamaguchi(_PenaltyAlgorithm):
     """Inter-environment gradient alignment penalty: ``Lbar + lambda sum_e |g_e - gbar|^2``.
 
     The penalty is K times the trace of the cross-domain covariance of the per-domain
-    gradients; its gradient needs the per-domain Hessian-vector products, which
+    gradients. Its gradient needs the per-domain Hessian-vector products, which
     torch.func gives by differentiating `per_domain_gradients`. This is the penalty
     method that its authors call IGA; the harness names it after them, because IGA here
     means the gradient conflict mask.

@@ -4,7 +4,7 @@ A benchmark is a model family (``s1`` .. ``s4``) in one variant:
 
 * ``plain``: the model's defaults;
 * ``rotated``: the features mixed by a fixed random orthogonal matrix (the model's
-  ``rotate=True``); a coordinate-wise mask depends on the basis, an invariance
+  ``rotate=True``). A coordinate-wise mask depends on the basis, an invariance
   penalty does not;
 * ``hetero``: domains also differ in the scale of the invariant features
   (``hetero=0.5``: the log-scale has standard deviation 0.5 over Q).
@@ -92,7 +92,7 @@ def _scalar_sign(f: np.ndarray) -> np.ndarray:
 
 
 def _orthant(f: np.ndarray) -> np.ndarray:
-    """The orthant of each output vector (n, ..., q) as an integer code (its sign pattern)."""
+    """Encode the orthant (sign pattern) of each output vector (n, ..., q) as an integer."""
     return ((f > 0).astype(np.int64) * (2 ** np.arange(f.shape[-1]))).sum(axis=-1)
 
 
@@ -261,7 +261,7 @@ def build_environment(spec: BenchmarkSpec, seed: int) -> Environment:
     """Draw the domains and samples of ``spec`` for trial ``seed`` (same seed, same data).
 
     The model's own seed (its rotation and fixed weights) stays at the model default,
-    so a rotated benchmark uses the same rotation in every trial; the trial seed draws
+    so a rotated benchmark uses the same rotation in every trial. The trial seed draws
     the domains and the samples.
     """
     family = FAMILIES[spec.family]
@@ -291,7 +291,7 @@ def build_environment(spec: BenchmarkSpec, seed: int) -> Environment:
 
 
 def with_sizes(spec: BenchmarkSpec, **sizes) -> BenchmarkSpec:
-    """A copy of ``spec`` with other sample sizes or training budget."""
+    """Return a copy of ``spec`` with other sample sizes or training budget."""
     return dataclasses.replace(spec, **sizes)
 
 
@@ -374,14 +374,17 @@ def evaluate(env: Environment, theta: np.ndarray, domains: list[int] | None = No
     Returns
     -------
     dict
-        ``val``, ``in_domain``: mean over the training domains of the benchmark metric
-        on their validation and in-domain test samples; ``left_out``: the metric on
-        the left-out domain's pool and validation samples; ``oracle``: mean over the
-        held-out domains on their oracle samples; ``ood`` and ``ood_worst``: mean and
-        worst held-out domain on the test samples; ``shifted``: the shifted domain;
-        ``ood_risk`` (the loss), ``ood_expected``: exact expected risk over Q of the
-        model's parameters; ``spurious_weight``; ``lcs`` and ``answer_consistency`` on
-        the isomer sets (None where the family's domains do not change the inputs).
+        * ``val``, ``in_domain``: mean over the training domains of the benchmark
+          metric on their validation and in-domain test samples;
+        * ``left_out``: the metric on the left-out domain's pool and validation samples;
+        * ``oracle``: mean over the held-out domains on their oracle samples;
+        * ``ood``, ``ood_worst``: mean and worst held-out domain on the test samples;
+        * ``shifted``: the metric on the shifted domain;
+        * ``ood_risk``: the mean loss on the held-out test samples;
+        * ``ood_expected``: the exact expected risk over Q of the model's parameters;
+        * ``spurious_weight``: the model's measure of the shortcut in the parameters;
+        * ``lcs``, ``answer_consistency``: on the isomer sets (None where the family's
+          domains do not change the inputs).
     """
     from iga_theory.metrics import answer_consistency, logical_consistency_score
 

@@ -10,7 +10,7 @@ numbers. `summarize_sweep` then selects one draw per trial with each selection
 method (`iga_theory.synthetic.selection`) and reports, per benchmark and method, the
 mean, standard error and t-interval over trial seeds of every metric.
 
-Seeds. The trial seed draws the domains and samples of a benchmark; the training seed
+Seeds. The trial seed draws the domains and samples of a benchmark. The training seed
 (initial parameters and minibatch order) depends on the trial seed, the draw and the
 fold but not on the method, so all methods of a trial see the same minibatches.
 """
@@ -64,7 +64,7 @@ class SweepConfig:
                                    choices=tuple(METHOD_VARIANTS), default_factory=lambda: list(METHOD_VARIANTS))
     seeds: int = cfg.field(5, "trial seeds (domain and data draws) per benchmark", low=1, high=1000)
     n_hparams: int = cfg.field(5, "hyperparameter draws per method, draw 0 being the defaults", low=1, high=1000)
-    lodo_folds: int = cfg.field(3, "training domains held out in turn for leave-one-domain-out (0: none)",
+    lodo_folds: int = cfg.field(2, "training domains held out in turn for leave-one-domain-out (0: none)",
                                 low=0, high=64)
     steps: int = cfg.field(200, "training steps of every run", low=1, high=1_000_000)
     batch_size: int = cfg.field(32, "examples per training domain per step", low=2, high=100_000)
@@ -78,7 +78,7 @@ class SweepConfig:
             )
 
     def specs(self) -> list[BenchmarkSpec]:
-        """The benchmark specifications of the sweep, family by family."""
+        """Return the benchmark specifications of the sweep, family by family."""
         return [BenchmarkSpec(family=family, variant=variant, n_train_domains=self.n_train_domains,
                               n_heldout_domains=self.n_heldout_domains, batch_size=self.batch_size,
                               steps=self.steps)
@@ -92,12 +92,13 @@ class SweepConfig:
 
 
 def sweep_config(**values) -> SweepConfig:
-    """A validated `SweepConfig`: unknown keys, wrong types and out-of-range values raise ConfigError."""
+    """Build a validated `SweepConfig`: unknown keys, wrong types and out-of-range values raise ConfigError."""
     return cfg.from_dict(SweepConfig, values)
 
 
-# The quick sweep: every benchmark and method, fewer seeds, draws, folds and steps.
-QUICK = dict(seeds=2, n_hparams=2, lodo_folds=2, steps=100)
+# The quick sweep: every benchmark and method, with fewer seeds, draws, folds and steps.
+# Leave-one-domain-out then scores each draw on a single held-out training domain.
+QUICK = dict(seeds=2, n_hparams=2, lodo_folds=1, steps=100)
 
 
 def quick_config(**overrides) -> SweepConfig:
@@ -168,7 +169,7 @@ def _single_thread():
 
 
 def sweep_tasks(config: SweepConfig) -> list[tuple]:
-    """Every run of the sweep, grouped by benchmark and trial seed."""
+    """List every run of the sweep as (spec, method, seed, draw, fold), grouped by benchmark and trial seed."""
     return [(spec, method, seed, h, fold)
             for spec in config.specs() for seed in range(config.seeds)
             for method in config.method_variants() for h in range(config.n_hparams)
@@ -265,7 +266,7 @@ def _gap(plain: dict | None, other: dict | None) -> dict | None:
 
 
 def summarize_sweep(records: list[dict], config: SweepConfig) -> dict:
-    """The comparison summary (the content of compare.json) from the sweep's records."""
+    """Build the comparison summary (the content of compare.json) from the sweep's records."""
     selection_methods = [m for m in SELECTION_METHODS if m != "lodo" or config.lodo_folds > 0]
     specs = config.specs()
     methods = config.method_variants()

@@ -1,6 +1,6 @@
 r"""Functional predictors and their per-domain and per-sample gradients (torch.func).
 
-Every algorithm of the comparison harness sees the model through one object, a
+Every algorithm of the comparison harness accesses the model through one object, a
 `Predictor`: a flat parameter vector ``theta`` of shape ``(P,)``, a pure function
 ``forward(theta, X) -> f`` and a per-sample loss. Because the forward pass is a pure
 function of ``theta``, `torch.func.grad` and `torch.func.vmap` give every derivative

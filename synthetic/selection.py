@@ -10,10 +10,11 @@ the model trained on all training domains with that draw:
   training domains, and rewards whatever helps on those domains, shortcuts included:
   a mask that lets the shortcut through lowers in-domain error, so this rule tends
   to pick the loosest mask.
-* ``lodo`` (leave-one-domain-out cross-validation): for each draw, models trained with
-  one training domain held out, scored on the held-out domain and averaged over the
-  held-out domains; the best draw is then the one retrained on all domains. It
-  measures transfer to an unseen domain of Q, at ``1 + folds`` trainings per draw.
+* ``lodo`` (leave-one-domain-out cross-validation): for each draw, one model per fold is
+  trained with one training domain held out and scored on that domain. The draw with
+  the best mean over folds wins, and the comparison reports its model retrained on all
+  domains. It measures transfer to an unseen domain of Q, at ``1 + folds`` trainings
+  per draw.
 * ``oracle`` (test-domain validation): the best mean metric on samples of the
   held-out test domains (disjoint from the test samples). Not available in practice;
   an upper reference for what selection can reach.

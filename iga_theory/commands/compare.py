@@ -91,7 +91,7 @@ def run(args) -> int:
 
 
 def _print_headline(summary: dict) -> None:
-    """One line per plain benchmark: the OOD metric of ERM and of each IGA variant."""
+    """Print one line per plain benchmark: the OOD metric of ERM and of each IGA variant."""
     selection = summary["primary_selection"]
     for name, info in summary["benchmarks"].items():
         if info["variant"] != "plain":
