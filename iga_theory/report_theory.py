@@ -176,7 +176,7 @@ def slopes_figure(data: dict) -> plt.Figure:
         ax.axvline(data["K_star"], color="k", lw=1, ls=":", label=f"K* = {data['K_star']:.0f} (ERM)")
     ax.set_xlabel("K")
     ax.legend(fontsize=8)
-    ax.set_title("excess terms")
+    ax.set_title(f"excess terms (common B = {data['erm']['B']:.3g})")
     ax = axes[1]
     for method, colour in (("erm", "C0"), ("iga", "C1")):
         d = data[method]

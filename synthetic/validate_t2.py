@@ -78,10 +78,10 @@ def _certify(model, thetas, K: int, delta: float, rng, level_delta: float | None
     risks = mc.population_risks(model, thetas, betas, scales)
     low, high = _risk_bounds(model, thetas)
     B = np.maximum(high - low, np.finfo(np.float64).tiny)
-    terms = mc.bernstein_bounds(risks, B, delta if level_delta is None else level_delta)
+    # The numba kernel: the benchmark montecarlo_bernstein measured numpy at 1.8x its time.
+    bound = mc.bernstein_bounds_numba(risks, B, delta if level_delta is None else level_delta)
     expected = np.array([model.expected_risk(theta) for theta in thetas], dtype=np.float64)
-    return {"covered": terms["bound"] >= expected, "bound": terms["bound"], "expected": expected,
-            "high": high}
+    return {"covered": bound >= expected, "bound": bound, "expected": expected, "high": high}
 
 
 def _coverage_check(name, covered, delta, confidence, route, model_name, method, extra=None):
@@ -142,17 +142,17 @@ def coverage_experiment(config) -> dict:
             expected = np.array([model.expected_risk(theta) for theta in cands])
             chosen = risks.mean(axis=2).argmin(axis=1)  # (R,)
             chosen_risks = risks[np.arange(c.replications), chosen]
-            union = mc.bernstein_bounds(chosen_risks, B[chosen], bounds.union_delta(config.delta, N))
-            naive = mc.bernstein_bounds(chosen_risks, B[chosen], config.delta)
-            covered = union["bound"] >= expected[chosen]
+            union = mc.bernstein_bounds_numba(chosen_risks, B[chosen], bounds.union_delta(config.delta, N))
+            naive = mc.bernstein_bounds_numba(chosen_risks, B[chosen], config.delta)
+            covered = union >= expected[chosen]
             checks.append(_coverage_check(f"t2_coverage_union_{model_name}_{method}", covered, config.delta,
                                           config.confidence, f"union-bound (N = {N})", model_name, method,
-                                          {"n_candidates": N, "mean_bound": float(union["bound"].mean())}))
+                                          {"n_candidates": N, "mean_bound": float(union.mean())}))
             measurements.append(make_measurement(
                 f"t2_union_without_correction_{model_name}_{method}", "T2",
                 f"coverage of the selected candidate's bound at delta instead of delta / N (N = {N}); "
                 "the candidates' risks are strongly correlated here, so the selection is mild",
-                float((naive["bound"] >= expected[chosen]).mean())))
+                float((naive >= expected[chosen]).mean())))
             figures["coverage"].append({"model": model_name, "method": method, "route": "union",
                                         "coverage": float(covered.mean())})
     return {"checks": checks, "measurements": measurements, "figures": figures}
@@ -220,9 +220,12 @@ def slope_experiment(config) -> dict:
     grid = np.array(c.slope_K_grid)
     R = c.slope_replications
     data = {}
+    ranges = {method: model.risk_range(theta) for method, theta in thetas.items()}
+    # One B for both predictors (the longer of the two exact ranges): IGA's own range is
+    # 0 when it reaches the invariant predictor, which would hide its range term.
+    B = max(high - low for low, high in ranges.values())
     for method, theta in thetas.items():
-        low, high = model.risk_range(theta)
-        B = max(high - low, np.finfo(np.float64).tiny)
+        high = ranges[method][0] + B
         V = float(model.risk_variance(theta))
         expected = float(model.expected_risk(theta))
         variance_term = np.empty((R, grid.size))
