@@ -95,21 +95,109 @@ def write_results(results: dict, out_dir: Path) -> Path:
     return path
 
 
-def build_report(config: ReportConfig, out_dir: str | Path, seed: int = 0, progress: bool = True) -> dict:
+THEORY_MODES = ("quick", "full", "skip")
+
+
+def run_theory(out_dir: Path, mode: str, seed: int, progress: bool,
+               only: list[str] | None = None) -> tuple[dict | None, dict]:
+    """Run (or resume) the ``iga validate`` checks into ``out_dir / "validate"``.
+
+    ``only`` restricts the run to some of the validation experiments (all by default).
+    Returns the certificate (None for ``mode="skip"``) and the data of its figures.
+    """
+    if mode not in THEORY_MODES:
+        raise ValueError(f"theory mode must be one of {THEORY_MODES}; got {mode!r}")
+    if mode == "skip":
+        return None, {}
+    from iga_theory.commands.validate import run_validation
+
+    folder = out_dir / "validate"
+    certificate = run_validation(folder, quick=(mode == "quick"), seed=seed, only=only,
+                                 figures=False, progress=progress)
+    figures_data = load_results(folder / "figures_data.json")
+    return certificate, figures_data
+
+
+def theory_summary(certificate: dict) -> dict:
+    """The certificate's verdicts for results.json: counts and each check's name, theorem and outcome."""
+    return {
+        "mode": certificate["mode"],
+        "passed": certificate["passed"],
+        "n_checks": certificate["n_checks"],
+        "n_failed": certificate["n_failed"],
+        "checks": {check["name"]: {"theorem": check["theorem"], "passed": check["passed"]}
+                   for check in certificate["checks"]},
+    }
+
+
+def build_report(config: ReportConfig, out_dir: str | Path, seed: int = 0, progress: bool = True,
+                 theory: str = "quick", compare_path: str | Path | None = None,
+                 distill_path: str | Path | None = None, theory_only: list[str] | None = None) -> dict:
     """Run everything and write ``results.json`` and ``iga-report.pdf`` into ``out_dir``.
+
+    Parameters
+    ----------
+    config : ReportConfig
+    out_dir : path
+    seed : int
+    progress : bool
+        Show progress bars.
+    theory : {"quick", "full", "skip"}
+        Run the ``iga validate`` checks (quick or full settings) and add the theory pages.
+    compare_path, distill_path : path, optional
+        ``compare.json`` of ``iga compare`` and ``metrics.json`` of ``iga distill``; their
+        sections are added when given.
+    theory_only : list of str, optional
+        Validation experiments to run (all by default); see ``iga validate --help``.
 
     Returns the results dictionary.
     """
+    if theory not in THEORY_MODES:
+        raise ValueError(f"theory mode must be one of {THEORY_MODES}; got {theory!r}")
+    extra_inputs = {name: _read_optional(name, path) for name, path in
+                    (("compare", compare_path), ("distill", distill_path))}
     out_dir = runs.ensure_writable_dir(out_dir)
-    runs.remove_stale_temporaries(out_dir, (RESULTS_NAME, PDF_NAME))  # left by a killed run
     results = run_experiments(config, seed, out_dir, progress=progress)
+
+    tick = time.perf_counter()
+    certificate, figures_data = run_theory(out_dir, theory, seed, progress, only=theory_only)
+    if certificate is not None:
+        results["theory"] = theory_summary(certificate)
+        results["timing"]["sections_s"]["theory"] = time.perf_counter() - tick
 
     from iga_theory.report_pages import render_pdf  # matplotlib only when drawing
 
+    sections = []
+    if certificate is not None:
+        from iga_theory.report_theory import add_theory_section
+
+        sections.append(lambda pdf: add_theory_section(pdf, certificate, figures_data))
+    if extra_inputs["compare"] is not None:
+        from iga_theory.report_compare import add_compare_section
+
+        sections.append(lambda pdf: add_compare_section(pdf, extra_inputs["compare"]))
+    if extra_inputs["distill"] is not None:
+        from iga_theory.report_distill import add_distill_section
+
+        sections.append(lambda pdf: add_distill_section(pdf, extra_inputs["distill"]))
+
     results_path = write_results(results, out_dir)
-    render_pdf(results, out_dir / PDF_NAME)
+    render_pdf(results, out_dir / PDF_NAME, extra_sections=sections)
     logger.info("wrote %s and %s", results_path, out_dir / PDF_NAME)
     return results
+
+
+def _read_optional(name: str, path) -> dict | None:
+    """Read an optional input JSON file, with an error naming the option when it is unusable."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--{name} file not found: {str(path)!r}; run `iga {name}` first or drop the option")
+    try:
+        return load_results(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"--{name} file {str(path)!r} is not a readable JSON file: {error}") from error
 
 
 def load_results(path: str | Path) -> dict:

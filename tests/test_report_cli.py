@@ -22,7 +22,8 @@ def small_config(tmp_path):
 
 
 def run_report(config, out, seed=0):
-    return main(["report", "--config", str(config), "--out", str(out), "--seed", str(seed), "--no-progress"])
+    return main(["report", "--config", str(config), "--out", str(out), "--seed", str(seed), "--no-progress",
+                 "--theory", "skip"])
 
 
 def strip_timing(results):
@@ -117,3 +118,28 @@ def test_redraw_from_results(tmp_path, small_config):
     shutil.rmtree(tmp_path / "out" / "runs")
     render_pdf(results, tmp_path / "again.pdf")
     assert (tmp_path / "again.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_theory_section_from_validation(tmp_path):
+    """The report runs the validation checks and records their verdicts (two fast experiments here)."""
+    from iga_theory.report import build_report
+    from iga_theory.config import from_dict, to_dict
+    from iga_theory.report_config import ReportConfig, merge
+
+    config = from_dict(ReportConfig, merge(to_dict(ReportConfig()), SMALL))
+    results = build_report(config, tmp_path / "out", progress=False, theory="quick",
+                           theory_only=["t2_naive_reuse", "t3_budget"])
+    theory = results["theory"]
+    assert theory["mode"] == "quick"
+    assert theory["n_checks"] == len(theory["checks"]) >= 2
+    assert (tmp_path / "out" / "validate" / "certificate.json").is_file()
+    stored = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert stored["theory"] == theory
+
+
+def test_missing_compare_file_rejected_before_output(tmp_path, small_config, capsys):
+    code = main(["report", "--config", str(small_config), "--out", str(tmp_path / "o"), "--theory", "skip",
+                 "--compare", str(tmp_path / "absent.json")])
+    assert code != 0
+    assert "absent.json" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

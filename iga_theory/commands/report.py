@@ -28,6 +28,13 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="master random seed (an integer >= 0)")
     parser.add_argument("--quick", action="store_true",
                         help="smaller sweeps (about a minute on 2 cores); a --config file still applies")
+    parser.add_argument("--theory", choices=("quick", "full", "skip"), default="quick",
+                        help="run the Theorem 1-3 checks of `iga validate` with its quick or full settings "
+                             "into OUT/validate/ and add the theory pages, or skip them")
+    parser.add_argument("--compare", metavar="FILE", default=None,
+                        help="compare.json written by `iga compare`; adds the baseline comparison pages")
+    parser.add_argument("--distill", metavar="FILE", default=None,
+                        help="metrics.json written by `iga distill`; adds the distillation pages")
     parser.add_argument("--show-config", action="store_true",
                         help="print every configuration key with its default, allowed range and meaning, then exit")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -55,8 +62,9 @@ def run(args) -> int:
 
     started = time.perf_counter()
     try:
-        results = build_report(config, args.out, seed=args.seed, progress=not args.no_progress)
-    except OSError as error:
+        results = build_report(config, args.out, seed=args.seed, progress=not args.no_progress,
+                               theory=args.theory, compare_path=args.compare, distill_path=args.distill)
+    except (OSError, ValueError) as error:
         print(f"iga report: error: {error}", file=sys.stderr)
         return 1
     head = results["headline"]
@@ -66,4 +74,8 @@ def run(args) -> int:
           f"ERM {head['erm_final_shifted_risk']:.4f}, IGA {head['iga_final_shifted_risk']:.4f}")
     print(f"  Theorem 1 fitted slope {head['theorem1_slope']}, left side below right side in every run: "
           f"{head['theorem1_all_runs_below_rhs']}")
+    if "theory" in results:
+        theory = results["theory"]
+        print(f"  theory checks ({theory['mode']}): {theory['n_checks'] - theory['n_failed']}/{theory['n_checks']} "
+              f"passed; details in {args.out}/validate/certificate.json")
     return 0
