@@ -262,18 +262,21 @@ def build_environment(spec: BenchmarkSpec, seed: int) -> Environment:
 
     The model's own seed (its rotation and fixed weights) stays at the model default,
     so a rotated benchmark uses the same rotation in every trial. The trial seed draws
-    the domains and the samples.
+    the domains and the samples from generators seeded by the family, not the variant:
+    the plain and rotated variants of a trial then hold the same domains and the same
+    samples up to the rotation, so the rotated-minus-plain gap of a method is a paired
+    difference (exactly 0 for a rotation-equivariant method such as ERM under SGD).
     """
     family = FAMILIES[spec.family]
     model = make_model(spec.family, **spec.model_params())
     predictor = family.make_predictor(model)
 
-    rng = _seed_rng(seed, spec.name, "domains")
+    rng = _seed_rng(seed, spec.family, "domains")
     train_domains = model.draw_domains(spec.n_train_domains, rng)
     heldout_domains = model.draw_domains(spec.n_heldout_domains, rng)
     shifted = model.shifted_domain()
 
-    rng = _seed_rng(seed, spec.name, "samples")
+    rng = _seed_rng(seed, spec.family, "samples")
     data = {
         "train": _stack_samples(model, train_domains, spec.n_train, rng),
         "val": _stack_samples(model, train_domains, spec.n_val, rng),

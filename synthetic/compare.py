@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 # Metrics summarised for every benchmark and method (see `benchmarks.evaluate`).
 REPORTED_METRICS = ("in_domain", "ood", "ood_worst", "shifted", "ood_expected", "spurious_weight",
                     "lcs", "answer_consistency", "val", "oracle")
+# Metrics whose selected value per trial seed is stored, for paired differences.
+PAIRED_METRICS = ("in_domain", "ood", "shifted")
 PRIMARY_SELECTION = "train_domain"
 SCHEMA_VERSION = 1
 
@@ -234,7 +236,11 @@ def _summary_or_none(values: list) -> dict | None:
 
 
 def summarize_method(records: list[dict], higher_is_better: bool, selection_methods) -> dict:
-    """Selected results of one method on one benchmark: per selection method, a summary per metric."""
+    """Selected results of one method on one benchmark: per selection method, a summary per metric.
+
+    Each selection entry also keeps the selected values per trial seed (``per_seed``)
+    of the metrics in `PAIRED_METRICS`, which the paired variant gaps need.
+    """
     by_seed: dict[int, list[dict]] = {}
     for record in records:
         by_seed.setdefault(record["seed"], []).append(record)
@@ -251,18 +257,19 @@ def summarize_method(records: list[dict], higher_is_better: bool, selection_meth
         entry["hparam_index"] = [c["hparam_index"] for c in chosen]
         entry["hparams"] = [c["hparams"] for c in chosen]
         entry["n_selected"] = len(chosen)
+        entry["per_seed"] = {"seed": [c["seed"] for c in chosen],
+                             **{metric: [(c["metrics"] or {}).get(metric) for c in chosen] for metric in PAIRED_METRICS}}
         result[method] = entry
     return result
 
 
-def _gap(plain: dict | None, other: dict | None) -> dict | None:
-    """Difference of two independent means, other - plain, with se = sqrt(se_1^2 + se_2^2)."""
-    if plain is None or other is None:
-        return None
-    se = None
-    if plain["se"] is not None and other["se"] is not None:
-        se = math.sqrt(plain["se"] ** 2 + other["se"] ** 2)
-    return {"mean": other["mean"] - plain["mean"], "se": se, "n": min(plain["n"], other["n"])}
+def _paired_gap(plain: dict, other: dict, metric: str) -> dict | None:
+    """Summary of the per-seed differences ``other - plain`` of one metric (seeds present in both)."""
+    plain_values = dict(zip(plain["per_seed"]["seed"], plain["per_seed"][metric]))
+    differences = [value - plain_values[seed]
+                   for seed, value in zip(other["per_seed"]["seed"], other["per_seed"][metric])
+                   if seed in plain_values and value is not None and plain_values[seed] is not None]
+    return summarize(differences).as_dict() if differences else None
 
 
 def summarize_sweep(records: list[dict], config: SweepConfig) -> dict:
@@ -286,7 +293,8 @@ def summarize_sweep(records: list[dict], config: SweepConfig) -> dict:
                            for m in methods}
                for spec in specs}
 
-    # Rotated-minus-plain and hetero-minus-plain gaps of the OOD metric (primary selection).
+    # Rotated-minus-plain and hetero-minus-plain gaps of the OOD metric (primary selection),
+    # paired by trial seed: both variants of a trial share their domains and samples.
     gaps: dict[str, dict] = {}
     for variant in ("rotated", "hetero"):
         for family in config.benchmarks:
@@ -294,8 +302,8 @@ def summarize_sweep(records: list[dict], config: SweepConfig) -> dict:
             if plain_name not in results or other_name not in results:
                 continue
             gaps.setdefault(variant, {})[family] = {
-                m.name: _gap(results[plain_name][m.name][PRIMARY_SELECTION]["ood"],
-                             results[other_name][m.name][PRIMARY_SELECTION]["ood"])
+                m.name: _paired_gap(results[plain_name][m.name][PRIMARY_SELECTION],
+                                    results[other_name][m.name][PRIMARY_SELECTION], "ood")
                 for m in methods}
 
     return {"schema": SCHEMA_VERSION, "config": cfg.to_dict(config), "primary_selection": PRIMARY_SELECTION,
