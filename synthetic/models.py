@@ -25,6 +25,7 @@ Interface shared by every model (`SyntheticModel`; S1 provides the same names):
 from __future__ import annotations
 
 import abc
+import functools
 import importlib
 import logging
 import zlib
@@ -90,6 +91,7 @@ def draw_q_domains(params, K: int, rng: np.random.Generator) -> list[Domain]:
     return [Domain(float(b), float(s)) for b, s in zip(betas, scales)]
 
 
+@functools.lru_cache(maxsize=64)
 def truncated_normal_nodes(trunc: float, n_nodes: int) -> tuple[np.ndarray, np.ndarray]:
     """Nodes z and weights w with ``sum_i w_i f(z_i) ~= E[f(Z)]``, Z ~ N(0, 1) truncated to +-trunc.
 

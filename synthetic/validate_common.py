@@ -54,9 +54,9 @@ class T2Config:
 class T3Config:
     """Theorem 3: fixed points, invariance budget, hard limit and phase diagrams."""
 
-    drift_steps: int = field(20000, "steps of the drift runs", low=10, high=10**7)
+    drift_steps: int = field(10000, "steps of the drift runs", low=10, high=10**7)
     drift_kappas: list[float] = field(None, "sharpness values of the drift runs", low=0.01, high=1e6,
-                                      default_factory=lambda: [2.0, 5.0, 10.0, 20.0])
+                                      default_factory=lambda: [2.0, 5.0, 20.0])
     budget_steps: int = field(400, "steps of the budget runs", low=1, high=10**6)
     budget_replications: int = field(16, "runs per model variant of the budget check", low=1, high=10**4)
     hard_kappa: float = field(1e4, "sharpness that stands in for the hard limit", low=100.0, high=1e12)
