@@ -45,14 +45,16 @@ def baseline(tmp_path_factory):
     return {"config": config, "out": out, "phases": phases}
 
 
-def report_command(config, out, seed=7):
-    return iga_command("report", "--config", str(config), "--out", str(out), "--seed", str(seed), "--no-progress")
+def report_command(config, out, seed=7, theory="skip"):
+    """``iga report`` on ``config``; ``theory="skip"`` leaves out the ``iga validate`` checks (minutes)."""
+    return iga_command("report", "--config", str(config), "--out", str(out), "--seed", str(seed), "--no-progress",
+                       "--theory", theory)
 
 
-def kill_and_resume(baseline, out, log_path, n_kills, kill_seed):
+def kill_and_resume(baseline, out, log_path, n_kills, kill_seed, theory="skip"):
     """Kill a fresh run ``n_kills`` times at seeded random moments, then let it finish."""
     rng = np.random.default_rng(kill_seed)
-    command = report_command(baseline["config"], out)
+    command = report_command(baseline["config"], out, theory=theory)
     moments = draw_moments(rng, n_kills, baseline["phases"])
     kills = []
     for moment in moments:
@@ -62,18 +64,17 @@ def kill_and_resume(baseline, out, log_path, n_kills, kill_seed):
     return kills
 
 
-def check_same_as_baseline(baseline, out, kills, log_path):
+def check_same_as_baseline(baseline, out, kills, log_path, n_cells=N_CELLS):
     context = f"kills: {kills}; log: {log_path}"
     # The test must have interrupted real work, among the cells too, or it proves nothing.
     assert sum(kill.running for kill in kills) >= 2, context
-    assert any(kill.running and kill.records_after < N_CELLS for kill in kills), context
+    assert any(kill.running and kill.records_after < n_cells for kill in kills), context
 
     assert canonical_result(out / "results.json") == canonical_result(baseline["out"] / "results.json"), context
     assert stored_metrics(out) == stored_metrics(baseline["out"]), context
-    assert len(stored_metrics(out)) == N_CELLS
+    assert len(stored_metrics(out)) == n_cells
     assert (out / "iga-report.pdf").read_bytes().startswith(b"%PDF")
-    done = list(out.rglob("done.json"))
-    assert len(done) == 1, context
+    assert (next((out / "runs").iterdir()) / "done.json").is_file(), context
     assert temporaries(out) == [], context
 
 
@@ -111,3 +112,19 @@ def test_report_many_kills_same_results(baseline, tmp_path, kill_seed):
     out = tmp_path / "out"
     kills = kill_and_resume(baseline, out, tmp_path / "log.txt", 8, 100 + kill_seed)
     check_same_as_baseline(baseline, out, kills, tmp_path / "log.txt")
+
+
+@pytest.mark.slow
+def test_report_with_theory_kills_same_results(tmp_path):
+    # The default report also runs the quick iga validate checks into OUT/validate/.
+    config = tmp_path / "small.json"
+    config.write_text(json.dumps(SMALL))
+    reference = tmp_path / "reference"
+    phases = run_timed(report_command(config, reference, theory="quick"), reference, tmp_path / "reference.log",
+                       env=quiet_env())
+    baseline = {"config": config, "out": reference, "phases": phases}
+    out = tmp_path / "out"
+    kills = kill_and_resume(baseline, out, tmp_path / "log.txt", 6, 200, theory="quick")
+    check_same_as_baseline(baseline, out, kills, tmp_path / "log.txt", n_cells=phases.n_records)
+    assert canonical_result(out / "validate" / "certificate.json") == \
+        canonical_result(reference / "validate" / "certificate.json")
