@@ -50,6 +50,7 @@ factor, SVD of the small core) and split back into ``B`` and ``A``.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -61,12 +62,13 @@ from iga_theory.errors import check_in_range
 from iga_theory.llm.lora_hooks import LoraLayerRef
 from iga_theory.llm.lora_tangent import (
     TangentBasis,
+    apply_batched,
     coordinates,
     factor_dtype,
     masked_factor_update,
     tangent_pullback_update,
 )
-from iga_theory.mask import DEFAULT_EPS_REL, DEFAULT_KAPPA0
+from iga_theory.mask import DEFAULT_EPS_REL, DEFAULT_KAPPA0, default_tau
 from iga_theory.projection import DEFAULT_OVERSAMPLE, DEFAULT_POWER_ITERS, truncated_svd
 from iga_theory.stats import DEFAULT_RHO
 
@@ -167,12 +169,13 @@ def domain_vectors(mode: str, means: dict[str, torch.Tensor], basis: TangentBasi
 
 
 def split_blocks(basis: TangentBasis, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Inverse of the concatenation in `domain_vectors` for one vector of length ``dim T``."""
+    """Inverse of the concatenation in `domain_vectors`: ``(..., dim T)`` to blocks ``(..., rows, cols)``."""
     out = {}
     start = 0
+    lead = flat.shape[:-1]
     for name, shape in basis.coordinate_shapes().items():
         size = shape[0] * shape[1]
-        out[name] = flat[start:start + size].reshape(shape)
+        out[name] = flat[..., start:start + size].reshape(*lead, *shape)
         start += size
     return out
 
@@ -206,10 +209,17 @@ class LayerOutcome:
 def masked_moments(vectors: torch.Tensor, config: LoraIGAConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cross-domain ``mu``, ``s2`` and the mask of ``(K, P)`` per-domain vectors."""
     K = vectors.shape[0]
+    tau = config.tau if config.tau is not None else cached_default_tau(K, config.variance)
     mu, s2 = mask_torch.cross_domain_moments(vectors, variance=config.variance)
-    mask = mask_torch.mask_from_moments(mu, s2, K, tau=config.tau, kappa0=config.kappa0, m_min=config.m_min,
+    mask = mask_torch.mask_from_moments(mu, s2, K, tau=tau, kappa0=config.kappa0, m_min=config.m_min,
                                         eps_rel=config.eps_rel, variance=config.variance)
     return mu, s2, mask
+
+
+@functools.lru_cache(maxsize=64)
+def cached_default_tau(K: int, variance: str) -> float:
+    """`iga_theory.mask.default_tau`, cached: its t quantile costs about a millisecond per call."""
+    return default_tau(K, variance=variance)
 
 
 def _thin_or_dense(direction: Direction):
@@ -258,15 +268,20 @@ def _tangent_gradient(ref: LoraLayerRef, basis: TangentBasis, mu: torch.Tensor, 
 
 
 def tangent_direction(basis: TangentBasis, flat: torch.Tensor) -> Direction:
-    """Thin factors of the tangent vector with flat coordinates ``flat``.
+    """Thin factors of the tangent vector with flat coordinates ``flat`` (shape ``(dim T,)``).
 
     ``Y = Q_U [core; left] V^T + U (V_perp right^T)^T = [Y V, U] @ [V^T; right_full]``.
+    A stack ``(K, dim T)`` gives stacked factors ``(K, p, k_A + k_B)`` and ``(K, k_A + k_B, q)``.
     """
     blocks = split_blocks(basis, flat)
-    YV = basis.U.apply(torch.cat([blocks["core"], blocks["left"]], dim=0))
-    padded = torch.cat([blocks["right"].new_zeros(basis.k_B, basis.k_A), blocks["right"]], dim=1)
-    right_full = basis.V.apply(padded.T.contiguous()).T
-    return Direction(torch.cat([YV, basis.U.Y], dim=1), torch.cat([basis.V.Y.T, right_full], dim=0))
+    lead = flat.shape[:-1]
+    YV = apply_batched(basis.U.apply, torch.cat([blocks["core"], blocks["left"]], dim=-2))
+    zeros = blocks["right"].new_zeros(*lead, basis.k_B, basis.k_A)
+    padded = torch.cat([zeros, blocks["right"]], dim=-1)
+    right_full = apply_batched(basis.V.apply, padded.transpose(-1, -2)).transpose(-1, -2)
+    U = basis.U.Y.expand(*lead, *basis.U.Y.shape)
+    Vt = basis.V.Y.T.expand(*lead, *basis.V.Y.T.shape)
+    return Direction(torch.cat([YV, U], dim=-1), torch.cat([Vt, right_full], dim=-2))
 
 
 # Mode -> gradient-placement operator on one layer.

@@ -125,9 +125,8 @@ class DomainEMA:
         if mode == "full":
             new.values = blended
         else:
-            directions = [tangent_direction(basis, row) for row in blended]
-            new.left = torch.stack([d.L for d in directions])
-            new.right = torch.stack([d.R for d in directions])
+            thin = tangent_direction(basis, blended)
+            new.left, new.right = thin.L.contiguous(), thin.R.contiguous()
         return corrected, seen > 0, new
 
 

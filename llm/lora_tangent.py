@@ -211,8 +211,8 @@ def coordinates(basis: TangentBasis, GV: torch.Tensor, UG: torch.Tensor) -> dict
     dict with ``core`` (..., k_B, k_A), ``left`` (..., p - k_B, k_A), ``right`` (..., k_B, q - k_A)
     """
     k_B, k_A = basis.k_B, basis.k_A
-    QtGV = _apply_batched(basis.U.apply_transpose, GV)
-    GQv = _apply_batched(basis.V.apply_transpose, UG.transpose(-1, -2)).transpose(-1, -2)
+    QtGV = apply_batched(basis.U.apply_transpose, GV)
+    GQv = apply_batched(basis.V.apply_transpose, UG.transpose(-1, -2)).transpose(-1, -2)
     return {"core": QtGV[..., :k_B, :], "left": QtGV[..., k_B:, :], "right": GQv[..., k_A:]}
 
 
@@ -222,7 +222,7 @@ def coordinates_dense(basis: TangentBasis, G: torch.Tensor) -> dict[str, torch.T
     return coordinates(basis, G @ basis.V.Y, basis.U.Y.T @ G)
 
 
-def _apply_batched(apply, X: torch.Tensor) -> torch.Tensor:
+def apply_batched(apply, X: torch.Tensor) -> torch.Tensor:
     """Apply an ``(n, m) -> (n, m)`` map to each matrix of a ``(..., n, m)`` stack."""
     if X.ndim == 2:
         return apply(X)
