@@ -2,11 +2,12 @@
 
 A record is a JSON object with these keys:
 
-``name`` (str), ``ratio`` (float), ``target`` (float), ``comparison`` (``"<="`` or
-``">="``: the record passes when ``ratio comparison target``), ``passed`` (bool),
-``sizes`` (dict of the problem sizes), ``dtype`` (str), ``machine`` (dict),
-``times_s`` (dict of the best wall-clock time of each timed function, in seconds),
-``description`` (what the ratio compares), ``note`` (why a target is missed, or "").
+* ``name`` (str), ``description`` (what the ratio compares);
+* ``ratio``, ``target`` (float) and ``comparison`` (``"<="`` or ``">="``);
+* ``passed`` (bool): whether ``ratio comparison target`` holds;
+* ``sizes`` (dict of the problem sizes), ``dtype`` (str), ``machine`` (dict);
+* ``times_s``: the best wall-clock time of each timed function, in seconds;
+* ``note``: why a target is missed, or "".
 """
 
 from __future__ import annotations
@@ -28,15 +29,19 @@ def check_profile(profile: str) -> str:
     return profile
 
 
-def time_side_by_side(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def time_side_by_side(functions: dict[str, Callable[[], object]], repeats: int,
+                      warmup: tuple[str, ...] | None = None) -> dict[str, float]:
     """Best wall-clock time of each function over ``repeats`` interleaved rounds.
 
-    Each function runs once untimed first (compilation, caches, page faults). The
-    rounds alternate between the functions, so that load from other processes hits
-    all of them alike; the minimum is the least disturbed run.
+    The functions named in ``warmup`` (default: all) run once untimed first, for
+    compilation, caches and page faults; leave out a function that needs none and is
+    expensive, such as a dense SVD. The rounds alternate between the functions, so that
+    load from other processes hits all of them alike, and the minimum is the least
+    disturbed run.
     """
-    for function in functions.values():
-        function()
+    for name, function in functions.items():
+        if warmup is None or name in warmup:
+            function()
     best = {name: float("inf") for name in functions}
     for _ in range(repeats):
         for name, function in functions.items():

@@ -180,9 +180,9 @@ def retract(B, A, alpha: float, eta: float, P):
     """Best rank-r approximation of ``scale B A - eta P``, re-split into adapter factors.
 
     With P as thin factors ``(U, S, Vh)`` the computation uses only the thin matrices
-    ``L = [scale B, -eta U S]`` (p x (r + k)) and ``R = [A^T, Vh^T]`` (q x (r + k)):
-    QR of both and an SVD of the (r + k) x (r + k) core (`thin_factor_svd`), in
-    ``O((p + q)(r + k)^2 + (r + k)^3)`` time, without forming a p x q matrix. A dense P
+    ``L = [scale B, -eta U S]`` (p x (r + k)) and ``R = [A^T, Vh^T]`` (q x (r + k)).
+    It takes a QR of both and an SVD of the (r + k) x (r + k) core (`thin_factor_svd`),
+    in ``O((p + q)(r + k)^2 + (r + k)^3)`` time, without forming a p x q matrix. A dense P
     (the ``"direct"`` and ``"symmetric"`` variants) forms ``scale B A - eta P`` and
     truncates it with an exact SVD.
 
@@ -286,7 +286,7 @@ class IGALoRAStep:
                 raise ValueError(f"{name} must be one of {allowed}; got {value!r}")
 
     def step(self, B, A, G, eta: float = 1.0):
-        """One IGA step from stacked per-domain weight gradients ``G`` of shape (K, p, q).
+        """Run one IGA step from stacked per-domain weight gradients ``G`` of shape (K, p, q).
 
         Returns
         -------

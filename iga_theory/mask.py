@@ -112,8 +112,8 @@ def cross_domain_moments(g, variance: str = "unbiased") -> tuple[np.ndarray, np.
     """Cross-domain mean and variance of stacked per-domain gradients.
 
     Uses the two-pass formula (mean first, then centred squares), which stays exact to
-    rounding when ``|mu| >> sqrt(s2)``; the streaming accumulator in
-    `iga_theory.stats` gives the same numbers without holding all K gradients. The
+    rounding when ``|mu| >> sqrt(s2)``. The streaming accumulator in
+    `iga_theory.stats` gives the same numbers without keeping all K gradients. The
     mean is shifted by the first domain (see `_domain_mean`), so K equal gradients
     give ``s2 = 0`` exactly.
 
@@ -183,8 +183,9 @@ def conflict_score(mu, s2, eps: float | None = None, eps_rel: float = DEFAULT_EP
 def sign_conflict_score(g) -> np.ndarray:
     """Sign-agreement conflict score ``c_sign = 1 - |sum_e g_e| / sum_e |g_e|``.
 
-    0 when all domains share the sign of a coordinate (whatever their scales), 1 when
-    they cancel exactly; a coordinate where every gradient is 0 has score 0.
+    The score is 0 when all domains share the sign of a coordinate (whatever their
+    scales) and 1 when they cancel exactly. A coordinate where every gradient is 0 has
+    score 0.
 
     Parameters
     ----------
@@ -201,7 +202,7 @@ def sign_conflict_score(g) -> np.ndarray:
     total = np.abs(g).sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(total == 0, 1.0, np.abs(g.sum(axis=0)) / total)
-    # |sum g| <= sum |g| holds exactly only in exact arithmetic, hence the clip.
+    # Rounding can push |sum g| / sum |g| above 1, hence the clip.
     return np.clip(1.0 - ratio, 0.0, 1.0).astype(g.dtype, copy=False)
 
 
@@ -257,8 +258,8 @@ def mask_from_score(c, tau: float, kappa0: float = DEFAULT_KAPPA0, m_min: float 
     if np.any(np.isnan(c)) or np.any(c < 0):
         raise ValueError("c must be a conflict score in [0, inf]; it contains NaN or negative values")
 
-    # Everything below runs in the dtype of c (float32 or float64), Python floats
-    # being rounded to it once; the numba kernels round the same scalars the same way.
+    # Everything below runs in the dtype of c (float32 or float64), and Python floats
+    # are rounded to it once. The numba kernels round the same scalars the same way.
     dtype = c.dtype.type
     with np.errstate(over="ignore"):
         z = dtype(kappa0) * (1.0 - c / dtype(tau))
@@ -387,13 +388,13 @@ def mask_rounding_bound(g, tau: float, kappa0: float = DEFAULT_KAPPA0, m_min: fl
                         variance: str = "unbiased", dtype=None) -> np.ndarray:
     r"""First-order bound on how far two roundings of the same mask can differ, per coordinate.
 
-    Two implementations that evaluate the formulas of this module in a floating dtype
-    with unit roundoff ``u`` (half the machine epsilon), but sum in another order, fuse
-    operations differently or use another exponential, give masks ``m_a`` and ``m_b``
-    with ``|m_a - m_b| <= bound`` to first order in u. The bound follows the error
+    Take two implementations that evaluate the formulas of this module in a floating
+    dtype with unit roundoff ``u`` (half the machine epsilon), but sum in another order,
+    fuse operations differently or use another exponential. Their masks ``m_a`` and
+    ``m_b`` satisfy ``|m_a - m_b| <= bound`` to first order in u. The bound follows the error
     analysis of each step, with ``G_j = max_e |g_ej|``:
 
-    * mean (shifted recursive sum, Higham 2002 eq. 4.4): ``|dmu| <= 4 (K + 2) u G`` for
+    * mean (shifted recursive sum, error <= (K - 1) u sum|x|): ``|dmu| <= 4 (K + 2) u G`` for
       the two routes together;
     * variance (two-pass): relative ``2 (K + 3) u`` plus ``K dmu^2 / sum_e (g_e - mu)^2``
       from the error of the mean;

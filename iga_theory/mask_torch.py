@@ -1,9 +1,9 @@
 """Conflict mask in torch: CPU and CUDA, differentiable, same formulas as `iga_theory.mask`.
 
 Every function takes and returns ``torch.Tensor`` on the device of its input and is
-built from differentiable torch operations, so autograd gives the derivative of the
-mask (and of ``d = m * mu``) with respect to the per-domain gradients, including the
-dependence of the relative eps on every coordinate. Symbols and conventions are those
+built from differentiable torch operations. Autograd therefore gives the derivative of
+the mask (and of ``d = m * mu``) with respect to the per-domain gradients, including
+the dependence of the relative eps on every coordinate. Symbols and conventions are those
 of the numpy reference: ``g`` of shape ``(K, ...)``, ``mu`` the cross-domain mean,
 ``s2`` the cross-domain variance (unbiased by default), ``c = s2 / (mu^2 + eps)``,
 ``m = m_min + (1 - m_min) sigmoid(kappa0 (1 - c / tau)) / sigmoid(kappa0)``.
@@ -11,8 +11,9 @@ of the numpy reference: ``g`` of shape ``(K, ...)``, ``mu`` the cross-domain mea
 Precision. float32 and float64 inputs are computed in their own dtype; float16 and
 bfloat16 inputs are computed and returned in float32, so that the mask's small values
 (1e-20 is common for a suppressed coordinate) do not underflow. The relative eps is
-summed in float64. The two-pass variance is used: ``torch.var_mean`` is stable too but
-was about 40 times slower on CPU (torch 2.13, 2-core VM).
+summed in float64. The two-pass variance is used because ``torch.var_mean``, stable
+too, took 2.6 s on a (8, 2^24) float32 block against 0.06 s for a plain sum over
+domains (torch 2.13 on CPU, 2-core VM).
 
 Gradients. The derivative is that of the formulas above, almost everywhere: at a
 coordinate with ``s2 = 0`` the score is defined as 0 and its derivative is taken as 0;
@@ -88,7 +89,7 @@ def cross_domain_moments(g: torch.Tensor, variance: str = "unbiased") -> tuple[t
     Raises
     ------
     NonFiniteError
-        If ``g`` holds NaN or Inf, or the statistics overflow. The check runs on
+        If ``g`` contains NaN or Inf, or the statistics overflow. The check runs on
         ``mu`` and ``s2`` (P values), not on the K x P block.
     """
     _check_variance(variance)

@@ -95,7 +95,8 @@ def test_thin_retraction_forms_no_full_matrix():
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 50 * 2**20
-    assert B_new.shape == (p, r) and A_new.shape == (r, q)
+    assert B_new.shape == (p, r)
+    assert A_new.shape == (r, q)
 
 
 def test_retraction_pads_rank_deficient_result():
@@ -104,7 +105,8 @@ def test_retraction_pads_rank_deficient_result():
     P = np.zeros((5, 4))
     P[0, 0] = 1.0
     B_new, A_new = retract(B, A, 3.0, 1.0, truncated_svd(P, 1))
-    assert B_new.shape == (5, 3) and A_new.shape == (3, 4)
+    assert B_new.shape == (5, 3)
+    assert A_new.shape == (3, 4)
     np.testing.assert_allclose(B_new @ A_new, -P, atol=1e-15)
 
 
@@ -134,7 +136,8 @@ def test_safeguard_on_two_by_two_counterexample():
 
     guarded = IGALoRAStep(alpha=1.0, mode="factor")
     (grad_B, grad_A), info = guarded.step_from_direction(B, A, D, mu, mask)
-    assert info["safeguard"] and guarded.safeguard_events == 1
+    assert info["safeguard"]
+    assert guarded.safeguard_events == 1
     assert info["inner_product"] < 0
     expected = factor_gradients(D, B, A, 1.0)  # fell back to D itself
     np.testing.assert_allclose(grad_B, expected[0])
@@ -162,7 +165,8 @@ def test_step_runs_numpy_and_torch(direction, mode):
         step = IGALoRAStep(alpha=6.0, mode=mode, direction=direction, mask_options={"tau": 1.0})
         for _ in range(2):  # the second call uses the lagged state of "symmetric"
             (first, second), info = step.step(convert(B), convert(A), convert(G), eta=0.05)
-        assert tuple(first.shape) == (12, 3) and tuple(second.shape) == (3, 9)
+        assert tuple(first.shape) == (12, 3)
+        assert tuple(second.shape) == (3, 9)
         assert np.isfinite(info["inner_product"])
         assert step.steps == 2
 
@@ -195,8 +199,11 @@ def test_nan_policy():
         IGALoRAStep(alpha=1.0).step(B, A, G)
     skipping = IGALoRAStep(alpha=1.0, nan_policy="skip")
     (B_new, A_new), info = skipping.step(B, A, G)
-    assert info["skipped"] and skipping.skipped_steps == 1 and skipping.steps == 0
-    assert B_new is B and A_new is A
+    assert info["skipped"]
+    assert skipping.skipped_steps == 1
+    assert skipping.steps == 0
+    assert B_new is B
+    assert A_new is A
 
 
 def test_thin_inner_product():

@@ -1,8 +1,8 @@
 """Invariants P1 to P7 of the rank-r projection, exact and randomized, numpy and torch.
 
 Tolerances are multiples of u ||D||_F with u the unit roundoff of the dtype: a backward
-stable SVD returns the factors of D + E with ||E|| <= c min(p, q) u ||D|| (LAPACK
-Users' Guide, section 4.9), so every identity below holds up to ``TOL_FACTOR (p + q) u
+stable SVD returns the factors of D + E with ||E|| <= c min(p, q) u ||D|| for a modest
+constant c, so every identity below holds up to ``TOL_FACTOR (p + q) u
 ||D||_F``, with TOL_FACTOR = 20 covering the products that rebuild the matrix.
 """
 
@@ -129,7 +129,7 @@ def test_p5_orthogonal_and_scale_equivariance(backend, case, seed, exponent):
         return
     rotated = (Q1 @ D.astype(np.float64) @ Q2).astype(D.dtype)
     expected = Q1 @ project(D, r, backend).astype(np.float64) @ Q2
-    # The perturbation of a gapped subspace is tol / gap (Wedin), times ||D||.
+    # A perturbation E moves a subspace with singular-value gap delta by about ||E|| / delta.
     gap = sigma[k - 1] - sigma[k] if k < min(D.shape) else sigma[k - 1]
     bound = 4 * tolerance(D) * (1 + np.linalg.norm(D.astype(np.float64)) / max(gap, tolerance(D)))
     assert np.linalg.norm(project(rotated, r, backend) - expected) <= bound

@@ -41,7 +41,8 @@ def test_randomized_same_seed_same_result(backend):
 def test_randomized_excess_error_small_with_spectral_gap(seed, r):
     # Rank-r signal of singular values ~ sqrt(p q) = 100 plus noise of spectral norm
     # ~ 0.01 (sqrt(p) + sqrt(q)) = 0.2: with 2 power iterations the range finder's error
-    # is (sigma_{r+1}/sigma_r)^(2q+1) relative (Halko et al. Cor. 10.10), far below 1 %.
+    # grows with (sigma_{r+1}/sigma_r)^(2q+1), since q power iterations raise the
+    # spectrum to the power 2q + 1: (0.2/100)^5, far below 1 %.
     D = low_rank_plus_noise(120, 80, r, 0.01, seed)
     approximation = project_rank(D, r, method="randomized", seed=seed)
     assert relative_excess_error(D, approximation, r) <= 0.01
@@ -79,7 +80,9 @@ def test_thin_factor_svd_matches_dense(p, q, k, r, seed, dtype):
     U, S, Vh = thin_factor_svd(L, R, r)
     D = L.astype(np.float64) @ R.astype(np.float64).T
     m = min(r, k, p, q)
-    assert U.shape == (p, m) and S.shape == (m,) and Vh.shape == (m, q)
+    assert U.shape == (p, m)
+    assert S.shape == (m,)
+    assert Vh.shape == (m, q)
     sigma = np.linalg.svd(D, compute_uv=False)
     u = np.finfo(dtype).eps / 2
     # Backward error of two QRs and one SVD: 20 (p + q + k) u ||L|| ||R|| (see the P tests).
@@ -99,7 +102,8 @@ def test_thin_factor_svd_never_forms_the_full_matrix():
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 50 * 2**20  # 50 MiB, against 3.2 GB for one dense p x q matrix
-    assert U.shape == (p, 4) and Vh.shape == (4, q)
+    assert U.shape == (p, 4)
+    assert Vh.shape == (4, q)
 
 
 def test_thin_factor_svd_torch():
