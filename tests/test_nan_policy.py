@@ -5,6 +5,8 @@ import logging
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from iga_theory.errors import NonFiniteError
 from iga_theory.nan_policy import (
@@ -222,3 +224,29 @@ def test_report_config_rejects_unknown_policy():
         from_dict(ReportConfig, {"nan_policy": "ignore"})
     assert "nan_policy" in str(error.value)
     assert "'ignore'" in str(error.value)
+
+
+@st.composite
+def stacks_with_holes(draw):
+    """Per-domain stacks of shape (K, a, b) with NaN and +-Inf at random entries."""
+    K = draw(st.integers(1, 5))
+    shape = (K, draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    g = np.zeros(shape)
+    codes = draw(st.lists(st.sampled_from([0, 0, 0, 1, 2, 3]), min_size=g.size, max_size=g.size))
+    g.reshape(-1)[:] = np.choose(codes, [1.0, np.nan, np.inf, -np.inf])
+    return g
+
+
+@given(g=stacks_with_holes(), as_tensor=st.booleans())
+def test_find_counts_match_numpy(g, as_tensor):
+    values = torch.tensor(g) if as_tensor else g
+    entries = {entry.domain: entry for entry in find_non_finite({"W": values})}
+    for e in range(g.shape[0]):
+        bad = ~np.isfinite(g[e])
+        if not bad.any():
+            assert str(e) not in entries
+            continue
+        entry = entries[str(e)]
+        assert entry.n_nan == int(np.isnan(g[e]).sum())
+        assert entry.n_inf == int(np.isinf(g[e]).sum())
+        assert entry.first_index == tuple(int(i) for i in np.argwhere(bad)[0])
