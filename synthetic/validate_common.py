@@ -151,12 +151,12 @@ def to_jsonable(value):
 
 
 def make_check(name: str, theorem: str, criterion: str, value, passed: bool, interval=None, **details) -> dict:
-    """One entry of the certificate: a claim, its criterion, the measured value and the verdict."""
+    """Build one certificate entry: a claim, its criterion, the measured value and the verdict."""
     return to_jsonable({"name": name, "theorem": theorem, "criterion": criterion, "value": value,
                         "interval": interval, "passed": bool(passed), **({"details": details} if details else {})})
 
 
 def make_measurement(name: str, theorem: str, description: str, value, **details) -> dict:
-    """A reported number without a pass/fail criterion."""
+    """Build a reported number that has no pass/fail criterion."""
     return to_jsonable({"name": name, "theorem": theorem, "description": description, "value": value,
                         **({"details": details} if details else {})})

@@ -35,6 +35,11 @@ MODELS = ("s1", "s2")
 METHODS = ("erm", "iga")
 # IGA's mask in the Theorem 2 experiments: the library defaults (tau from default_tau(K)).
 IGA_MASK = {"kappa0": 20.0}
+# A bound counts as covering when it is at least E_Q R minus this relative tolerance. A
+# predictor whose risk is constant over Q has V_K = 0 and B ~ 0, so its bound equals its
+# mean risk, which differs from E_Q R by rounding (K ulps for S1) or by the quadrature
+# error (~1e-14 for S2); 1e-12 covers both and is far below any excess term tested here.
+COVERAGE_RTOL = 1e-12
 # Candidate grids of the union-bound route: IGA over (tau, kappa0), ERM over early stopping.
 UNION_TAUS = (0.03, 0.1, 0.3, 1.0)
 UNION_KAPPAS = (5.0, 20.0, 100.0)
@@ -81,7 +86,8 @@ def _certify(model, thetas, K: int, delta: float, rng, level_delta: float | None
     # The numba kernel: the benchmark montecarlo_bernstein measured numpy at 1.8x its time.
     bound = mc.bernstein_bounds_numba(risks, B, delta if level_delta is None else level_delta)
     expected = np.array([model.expected_risk(theta) for theta in thetas], dtype=np.float64)
-    return {"covered": bound >= expected, "bound": bound, "expected": expected, "high": high}
+    covered = bound >= expected - COVERAGE_RTOL * np.maximum(np.abs(expected), 1.0)
+    return {"covered": covered, "bound": bound, "expected": expected, "high": high}
 
 
 def _coverage_check(name, covered, delta, confidence, route, model_name, method, extra=None):
@@ -144,7 +150,8 @@ def coverage_experiment(config) -> dict:
             chosen_risks = risks[np.arange(c.replications), chosen]
             union = mc.bernstein_bounds_numba(chosen_risks, B[chosen], bounds.union_delta(config.delta, N))
             naive = mc.bernstein_bounds_numba(chosen_risks, B[chosen], config.delta)
-            covered = union >= expected[chosen]
+            tolerance = COVERAGE_RTOL * np.maximum(np.abs(expected[chosen]), 1.0)
+            covered = union >= expected[chosen] - tolerance
             checks.append(_coverage_check(f"t2_coverage_union_{model_name}_{method}", covered, config.delta,
                                           config.confidence, f"union-bound (N = {N})", model_name, method,
                                           {"n_candidates": N, "mean_bound": float(union.mean())}))
@@ -152,7 +159,7 @@ def coverage_experiment(config) -> dict:
                 f"t2_union_without_correction_{model_name}_{method}", "T2",
                 f"coverage of the selected candidate's bound at delta instead of delta / N (N = {N}); "
                 "the candidates' risks are strongly correlated here, so the selection is mild",
-                float((naive >= expected[chosen]).mean())))
+                float((naive >= expected[chosen] - tolerance).mean())))
             figures["coverage"].append({"model": model_name, "method": method, "route": "union",
                                         "coverage": float(covered.mean())})
     return {"checks": checks, "measurements": measurements, "figures": figures}
@@ -347,6 +354,7 @@ def quantile_experiment(config) -> dict:
     ref_b, ref_s = mc.draw_domain_arrays(model, 1, 200_000, rng)
     quantile = {m: float(np.quantile(mc.population_risks(model, t[None], ref_b, ref_s)[0], 1 - config.alpha))
                 for m, t in thetas.items()}
+
     R = c.replications
     per_K = []
     all_below = True
@@ -357,23 +365,23 @@ def quantile_experiment(config) -> dict:
         if certs["erm"] is None:
             continue
         row = {"K": int(K), **{f"{m}_mean": float(v.mean()) for m, v in certs.items()},
-               **{f"{m}_coverage": float((v >= quantile[m]).mean()) for m, v in certs.items()}}
+               **{f"{m}_coverage": float((v >= quantile[m] - COVERAGE_RTOL * max(abs(quantile[m]), 1.0)).mean())
+                  for m, v in certs.items()}}
         per_K.append(row)
         all_below &= row["iga_mean"] < row["erm_mean"]
+
     checks = [make_check(
         "t2_quantile_iga_below_erm", "T2",
         f"IGA's mean {1 - config.alpha:.0%}-quantile certificate is below ERM's at every K where it is defined "
         f"(K >= {bounds.min_domains_for_quantile(config.alpha, config.delta)})",
         per_K, passed=bool(per_K) and all_below, reference_quantiles=quantile)]
     for method in METHODS:
-        covered = []
-        for row in per_K:
-            covered.append(row[f"{method}_coverage"])
+        covered = [row[f"{method}_coverage"] for row in per_K]
+        lowest = int(round(min(covered) * R))
+        interval = bounds.binomial_interval(lowest, R, config.confidence)
         checks.append(make_check(
             f"t2_quantile_coverage_{method}", "T2",
             "the quantile certificate covers the true (1 - alpha)-quantile in at least 1 - delta of the replications "
             "(lowest coverage over K; passes unless its Clopper-Pearson interval lies below 1 - delta)",
-            float(min(covered)), interval=list(bounds.binomial_interval(int(round(min(covered) * R)), R,
-                                                                         config.confidence)),
-            passed=bounds.binomial_interval(int(round(min(covered) * R)), R, config.confidence)[1] >= 1 - config.delta))
+            float(min(covered)), interval=list(interval), passed=interval[1] >= 1 - config.delta))
     return {"checks": checks, "measurements": [], "figures": {"quantile": {"rows": per_K, "reference": quantile}}}

@@ -108,3 +108,16 @@ def test_quick_run_passes(tmp_path):
     failed = [check["name"] for check in certificate["checks"] if not check["passed"]]
     assert failed == []
     assert status == 0
+
+
+def test_constant_risk_predictor_counts_as_covered():
+    """An invariant S1 predictor has V_K = 0 and B ~ 0: its bound ties E_Q R up to rounding."""
+    import numpy as np
+
+    from iga_theory.synthetic import validate_t2
+    from iga_theory.synthetic.models import make_model
+
+    model = make_model("s1")
+    thetas = np.repeat(model.invariant_solution()[None], 200, axis=0)
+    result = validate_t2._certify(model, thetas, 64, 0.05, np.random.default_rng(0))
+    assert result["covered"].all()
