@@ -203,7 +203,7 @@ class SyntheticModel(abc.ABC):
         return draw_q_domains(self.params, K, rng)
 
     def shifted_domain(self) -> Domain:
-        """A domain with the spurious mechanism reversed (beta = -mu_beta, scale 1)."""
+        """Return the shifted test domain: the spurious mechanism reversed (beta = -mu_beta, scale 1)."""
         return Domain(-self.params.mu_beta, 1.0)
 
     # ----- exact per-domain quantities --------------------------------------------
@@ -287,10 +287,10 @@ class ExternalGeneratorModel:
 
     The predictor is linear, ``f(x) = theta^T x``, with the squared loss
     ``(f - y)^2 / 2`` or the logistic loss ``log(1 + exp(-y f))`` (labels in {-1, +1}).
-    Risks and gradients are NOT exact here: each domain's population quantities are
-    replaced by the empirical ones on a fixed evaluation sample of ``n_eval`` examples
-    drawn once per domain with a seed derived from ``seed`` and the domain key, so the
-    same domain always gives the same numbers.
+    Risks and gradients are NOT exact here. Each domain's population quantities are
+    replaced by the empirical ones on a fixed evaluation sample of ``n_eval`` examples.
+    The sample is drawn once per domain, with a seed derived from ``seed`` and the
+    domain key, so the same domain always gives the same numbers.
 
     Parameters
     ----------
@@ -358,7 +358,7 @@ class ExternalGeneratorModel:
         return [ExternalDomain(self.domain_keys[i]) for i in picks]
 
     def shifted_domain(self) -> ExternalDomain:
-        """The shifted test domain given at construction."""
+        """Return the shifted test domain given at construction."""
         if self.shifted is None:
             raise ValueError("no shifted domain was given; pass shifted=KEY to ExternalGeneratorModel")
         return ExternalDomain(self.shifted)

@@ -147,7 +147,7 @@ def _polish(model, theta0, domains):
                                method="SLSQP", options={"ftol": 1e-14, "maxiter": 1000})
     if not result.success:
         # SLSQP often stops with a line-search message when the start is already optimal
-        # to rounding; the residual checks of the caller decide whether the point is accepted.
+        # to rounding. The caller's residual checks decide whether the point is accepted.
         logger.debug("SLSQP polishing stopped early: %s", result.message)
     candidates = [start, result.x]
     best = min(candidates, key=lambda z: float(np.max(model.risks(z[:P], domains))))

@@ -169,6 +169,8 @@ class S2Model(SyntheticModel):
 
     name = "s2"
     params_class = S2Params
+    # NOTE: no exact minibatch-gradient variance (sigma^2) is derived for S2 and S3, so
+    # Theorem 1's bound is verified on S1 only; it would need E[sigma(-M)^2 |x|^2].
 
     def __init__(self, params: S2Params | None = None, **overrides):
         params = params or self.params_class()
@@ -294,7 +296,7 @@ class S2Model(SyntheticModel):
         """Pooled ERM optimum over ``domains``: argmin (1/K) sum_e R_e, by BFGS on exact gradients.
 
         The pooled risk is strictly convex when the pooled second moment is positive
-        definite, so the minimiser is unique; a RuntimeError is raised when BFGS ends with
+        definite, so the minimiser is unique. A RuntimeError is raised when BFGS ends with
         a gradient norm above ``100 * gtol``.
         """
         betas, scales = domain_arrays(domains)

@@ -225,9 +225,9 @@ class S4Model(SyntheticModel):
     def risk_range(self, theta: np.ndarray) -> tuple[float, float]:
         """Exact (min, max) of R_e(theta) over the support of Q.
 
-        R is a convex parabola in beta times ``u = s^2 > 0`` plus a constant: the maximum
-        is at the largest u and a beta end; the minimum at the smallest u and at the
-        vertex ``beta = u^T D0 v`` clipped to the beta interval.
+        R is a constant plus ``u = s^2 > 0`` times a convex parabola in beta. So the
+        maximum is at the largest u and a beta end, and the minimum is at the smallest u
+        and the vertex ``beta = u^T D0 v`` clipped to the beta interval.
         """
         (beta_lo, beta_hi), (s_lo, s_hi) = q_support(self.params)
         _, c = self._offset_terms(self._check_theta(theta))
