@@ -14,9 +14,12 @@ With an absolute eps (``eps=`` a number) the two steps fuse into one pass
 (`_fused_mask_kernel`), because no statistic of the whole tensor is needed first.
 
 Each coordinate follows the reference's order of operations: domains summed in
-order ``e = 0 .. K-1`` in the gradients' dtype, the score in that dtype, the sigmoid
-in float64. ``fastmath`` stays off so that LLVM does not reassociate the sums or fuse
-multiply-adds, which keeps ``mu`` and ``s2`` equal to the reference's bit for bit.
+order ``e = 0 .. K-1``, everything in the gradients' dtype. ``fastmath`` stays off so
+that LLVM does not reassociate the sums or fuse multiply-adds, which keeps ``mu`` and
+``s2`` equal to the reference's bit for bit whenever numpy also sums in that order
+(for P > 1; with P = 1 numpy sums the contiguous axis pairwise). The float32
+exponential is a polynomial that LLVM can vectorise (`_exp_nonpositive_f32`), so the
+mask differs from the reference's by a few units in the last place.
 
 Finiteness is checked on the outputs, not on ``g``: a NaN or Inf gradient makes the
 float64 total of ``mu^2 + s2`` non-finite, and only then is ``g`` scanned to count

@@ -57,10 +57,15 @@ def test_m9_numba_matches_reference(case):
     d_reference, _ = reference.iga_direction(g, **options)
     d_numba, m_numba = mask_numba.iga_direction(g, **options)
     assert_masks_agree(m_reference, m_numba, g, options)
-    # d = m * mu with bitwise-equal mu (same order of operations): |dd| <= |dm| |mu|.
+    # d = m * mu: |dd| <= |dm| |mu| + m |dmu| + rounding of the product. mu usually
+    # agrees bitwise, but numpy sums pairwise when axis 0 is contiguous (P = 1), so
+    # allow the summation bound |dmu| <= 4 (K + 2) u max_e |g_e|.
     mu = reference.cross_domain_moments(g)[0]
-    assert np.all(np.abs(d_numba - d_reference) <= np.abs(m_numba.astype(np.float64) - m_reference) * np.abs(mu)
-                  + np.finfo(g.dtype).eps * np.abs(mu))
+    u = np.finfo(g.dtype).eps / 2
+    dmu = 4 * (g.shape[0] + 2) * u * np.abs(g).max(axis=0)
+    allowed = (np.abs(m_numba.astype(np.float64) - m_reference) * np.abs(mu) + m_reference * dmu
+               + 2 * u * np.abs(mu))
+    assert np.all(np.abs(d_numba.astype(np.float64) - d_reference) <= allowed)
 
 
 @settings(max_examples=40, deadline=None)
@@ -74,6 +79,7 @@ def test_m9_torch_matches_reference(case):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_numba_moments_bitwise_equal_reference(dtype):
+    # With P > 1 numpy sums axis 0 in order e = 0 .. K-1, as the kernel does.
     g = np.random.default_rng(3).standard_normal((9, 5000)).astype(dtype) + dtype(1e3)
     mu, s2 = reference.cross_domain_moments(g)
     mu_numba, s2_numba = mask_numba.cross_domain_moments(g)

@@ -135,6 +135,7 @@ def test_torch_per_example_gradients():
     (lambda: MinibatchDomainStatistics(2, remedy="noise_correction").update([np.ones((1, 3))] * 2),
      "at least 2 examples per domain"),
     (lambda: MinibatchDomainStatistics(2).moments(), "call update\\(\\) first"),
+    (lambda: MinibatchDomainStatistics(2).update([np.ones((0, 3)), np.ones((2, 3))]), "n >= 1"),
     (lambda: noise_corrected_variance(np.ones(2), np.ones((2, 2)), [1, 3]), "n_e >= 2"),
     (lambda: noise_corrected_variance(np.ones(2), np.ones((3, 2)), [2, 3]), "holds 3 domains"),
 ])
