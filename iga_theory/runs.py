@@ -187,6 +187,9 @@ class RunFolder:
     def __init__(self, root: str | Path, name: str, config: dict, config_hash: str):
         self.path = ensure_writable_dir(Path(root) / f"{name}-{config_hash}")
         self.config = config
+        # Computed once: versions and commit do not change while a run appends its cells,
+        # and the git call costs tens of milliseconds per record.
+        self.provenance = provenance()
         self.records_path = self.path / "records.jsonl"
         self.done_path = self.path / "done.json"
         remove_stale_temporaries(self.path, ("config.json", self.records_path.name, self.done_path.name))
@@ -229,7 +232,7 @@ class RunFolder:
             "key": key,
             "metrics": metrics,
             "config": self.config,
-            "provenance": provenance(),
+            "provenance": self.provenance,
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
         }
         if extra:

@@ -5,7 +5,9 @@ is an algorithm with an optimizer and a mask placement. Methods without a mask r
 under Adam (DomainBed's optimizer for every method). The mask methods (AND-mask,
 SAND-mask, IGA) run three ways: SGD, Adam with the mask on the gradient, and Adam with
 the mask on the update. Under plain SGD the two placements take the same step, so the
-SGD variant stands for both.
+SGD variant stands for both. The IGA LoRA step (LoRA benchmarks only) masks the
+weight W rather than theta, so it has no update placement, and it runs under SGD and
+under Adam.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ ALGORITHM_LABELS: dict[str, str] = {
     "and_mask": "AND-mask",
     "sand_mask": "SAND-mask",
     "iga": "IGA",
+    "iga_lora": "IGA LoRA step",
 }
 
 OPTIMIZER_LABELS = {"sgd": "SGD", "adam": "Adam"}
@@ -46,8 +49,9 @@ class MethodVariant:
     def label(self) -> str:
         """Table label, e.g. ``"IGA (Adam, update)"``."""
         base = ALGORITHM_LABELS.get(self.algorithm, self.algorithm)
-        if not algorithm_class(self.algorithm).has_mask:
-            return base
+        cls = algorithm_class(self.algorithm)
+        if not cls.has_mask:
+            return base if len(cls.optimizers) == 1 else f"{base} ({OPTIMIZER_LABELS[self.optimizer]})"
         if self.optimizer == "sgd":
             return f"{base} (SGD)"
         return f"{base} ({OPTIMIZER_LABELS[self.optimizer]}, {self.placement})"
@@ -61,8 +65,11 @@ def _variants() -> dict[str, MethodVariant]:
                                                  ("adam-gradient", "adam", "gradient"),
                                                  ("adam-update", "adam", "update")):
                 variants[f"{name}-{suffix}"] = MethodVariant(f"{name}-{suffix}", name, optimizer, placement)
+        elif len(algorithm_class(name).optimizers) == 1:
+            variants[name] = MethodVariant(name, name, algorithm_class(name).optimizers[0], "gradient")
         else:
-            variants[name] = MethodVariant(name, name, "adam", "gradient")
+            for optimizer in algorithm_class(name).optimizers:
+                variants[f"{name}-{optimizer}"] = MethodVariant(f"{name}-{optimizer}", name, optimizer, "gradient")
     return variants
 
 

@@ -219,7 +219,12 @@ class Algorithm:
     name: ClassVar[str] = ""
     source: ClassVar[str] = ""
     HPARAMS: ClassVar[tuple[HParam, ...]] = ()
+    # True: an elementwise multiplier on theta exists, so both placements apply.
     has_mask: ClassVar[bool] = False
+    # True: the method needs a LoRA predictor (``predictor.lora``).
+    requires_lora: ClassVar[bool] = False
+    # Optimizers of the sweep's variants for methods without a mask.
+    optimizers: ClassVar[tuple[str, ...]] = ("adam",)
 
     def __init__(self, predictor: Predictor, n_domains: int, hparams: dict | None = None, *,
                  optimizer: str = "adam", placement: str = "gradient", base_lr: float = 1e-2,

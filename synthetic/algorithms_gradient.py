@@ -11,6 +11,8 @@ PCGrad      ``d = (1/K) sum_e g_e^PC``: each g_e loses its component along every
             g_f it conflicts with (``<g_e, g_f> < 0``), the f in random order
 IGA         ``d = m * mu`` with the continuous gradient conflict mask m of
             `iga_theory.mask` (statistics smoothed across steps, see `IGA`)
+IGA LoRA    the same mask on the weight-space gradient of a LoRA layer, projected
+            to rank r and mapped to the factors (`IGALoRA`)
 ==========  ======================================================================
 
 ``s2_j`` is the unbiased cross-domain variance. The mask methods (AND-mask, SAND-mask,
@@ -27,7 +29,9 @@ from iga_theory import mask as cgcm
 from iga_theory import mask_torch, stats
 from iga_theory.synthetic.algorithms_base import (Algorithm, Choice, Direction, HParam, LogUniform,
                                                   Uniform, register_algorithm)
-from iga_theory.synthetic.per_domain import per_domain_gradients_and_losses, per_sample_gradients
+from iga_theory.lora_step import IGALoRAStep
+from iga_theory.synthetic.per_domain import (domain_losses, per_domain_gradients_and_losses, per_domain_weight_gradients,
+                                             per_sample_gradients)
 
 # Guard of the AND-mask and SAND-mask rescaling 1 / mean(a), as in DomainBed: an
 # all-zero mask then gives a zero step instead of 0/0.
@@ -278,3 +282,59 @@ class IGA(_MaskAlgorithm):
                                             kappa0=float(self.hparams["kappa0"]),
                                             m_min=float(self.hparams["m_min"])).to(g.dtype)
         return mask, {"mask_mean": float(mask.mean()), "mask_min": float(mask.min())}
+
+
+@register_algorithm
+class IGALoRA(IGA):
+    r"""IGA's LoRA step: mask the weight-space gradient, project to rank r, map to the factors.
+
+    For a LoRA predictor ``W = W0 + (alpha / r) B A`` (S4): the per-domain weight
+    gradients ``G_e = dL_e / dW`` (K, p, q) give the mask M exactly as for `IGA` (same
+    threshold, sharpness, floor and EMA statistics, over the p q entries of W), the
+    masked direction is ``D = M * mu_W``, ``P = Pi_r(D)`` is its best rank-r
+    approximation, and the optimizer receives the chain-rule factor gradients
+    ``grad_B = (alpha/r) P A^T`` and ``grad_A = (alpha/r) B^T P`` (`iga_theory.lora_step`,
+    factor mode, with its descent safeguard: ``D`` replaces ``P`` when
+    ``<mu_W, P> <= 0``). The mask acts on W, not on theta, so there is no elementwise
+    multiplier on theta and only the gradient placement exists.
+
+    Source: this library (`iga_theory.lora_step.IGALoRAStep`).
+    """
+
+    name = "iga_lora"
+    source = "this library (IGA LoRA step)"
+    has_mask = False
+    requires_lora = True
+    optimizers = ("sgd", "adam")
+
+    def __init__(self, predictor, n_domains, hparams=None, **options):
+        if predictor.lora is None:
+            raise ValueError("iga_lora needs a LoRA predictor (predictor.lora is None); use iga for other models")
+        super().__init__(predictor, n_domains, hparams, **options)
+        if self.hparams["noise"] == "noise_correction":
+            raise NotImplementedError("iga_lora supports noise='ema' and noise='none'; noise_correction would "
+                                      "need per-sample weight gradients")
+        self.operator = IGALoRAStep(alpha=predictor.lora.alpha, mode="factor")
+
+    def direction(self, X, y) -> Direction:
+        lora = self.predictor.lora
+        theta = self.theta.detach()
+        G = per_domain_weight_gradients(self.predictor, theta, X, y)      # (K, p, q)
+        K, p, q = G.shape
+        g = G.reshape(K, p * q)
+
+        # Mask over the entries of W from the smoothed statistics; step along the current mean.
+        mu_statistics, s2 = self.moments(g, X, y)
+        mask = mask_torch.mask_from_moments(mu_statistics, s2, K, tau=self.tau,
+                                            kappa0=float(self.hparams["kappa0"]),
+                                            m_min=float(self.hparams["m_min"])).to(g.dtype)
+        mu = g.mean(dim=0)
+        D = (mask * mu).reshape(p, q)
+
+        # Rank-r projection and the chain rule to the factors.
+        B, A = lora.factors(theta)
+        (grad_B, grad_A), info = self.operator.step_from_direction(B, A, D, mu.reshape(p, q), mask.reshape(p, q))
+        loss = float(domain_losses(self.predictor, theta, X, y).mean())
+        return Direction(gradient=torch.cat([grad_B.reshape(-1), grad_A.reshape(-1)]), diagnostics={
+            "loss": loss, "mask_mean": float(mask.mean()), "mask_min": float(mask.min()),
+            "safeguard_events": float(self.operator.safeguard_events)})

@@ -45,7 +45,7 @@ import torch
 
 from iga_theory.errors import check_positive_int
 from iga_theory.synthetic.models import make_model
-from iga_theory.synthetic.per_domain import Predictor, linear_predictor
+from iga_theory.synthetic.per_domain import LoRAStructure, Predictor, linear_predictor
 
 VARIANTS = ("plain", "rotated", "hetero")
 # Log-scale spread of the invariant features' scale over Q in the hetero variant.
@@ -59,20 +59,17 @@ def _lora_predictor(model, rank: int, alpha: float) -> Predictor:
     """LoRA predictor ``f(x) = x^T (W_0 + (alpha / r) B A)`` with theta = (vec B, vec A)."""
     p, q = model.shape
     n_b = p * rank
-    W0 = torch.as_tensor(model.W0, dtype=torch.float64)
-    scale = alpha / rank
+    lora = LoRAStructure(W0=torch.as_tensor(model.W0, dtype=torch.float64), rank=rank, alpha=alpha)
 
     def forward(theta, X):
-        B = theta[:n_b].reshape(p, rank)
-        A = theta[n_b:].reshape(rank, q)
-        return X @ (W0.to(theta.dtype) + scale * B @ A)
+        return X @ lora.weight(theta)
 
     def init(rng):
         # The usual LoRA start: B = 0 and A random, so that W = W_0 at step 0.
         return np.r_[np.zeros(n_b), rng.standard_normal(rank * q) / np.sqrt(q)]
 
     return Predictor(n_params=n_b + rank * q, forward=forward, loss="squared", init=init,
-                     blocks={"B": slice(0, n_b), "A": slice(n_b, n_b + rank * q)})
+                     blocks={"B": slice(0, n_b), "A": slice(n_b, n_b + rank * q)}, lora=lora)
 
 
 def _lora_model_theta(model, rank: int, alpha: float) -> Callable[[np.ndarray], np.ndarray]:
@@ -107,6 +104,7 @@ class Family:
     domain changes the target map ``W_e`` only (and, in the hetero variant, the
     scale of x, which the unit normalisation removes), so every predictor gives the
     same normalised output on every rendering and LCS would be 0 by construction.
+    ``lora`` is True where the predictor is a LoRA layer (methods that need one run there only).
     """
 
     task: str
@@ -115,6 +113,7 @@ class Family:
     answer: Callable[[np.ndarray], np.ndarray]
     base_lr: dict
     consistency: bool = True
+    lora: bool = False
 
 
 LORA_RANK = 4       # the adapter can hold W_* (rank 2) and the shortcut (rank 1)
@@ -129,7 +128,7 @@ FAMILIES: dict[str, Family] = {
                  lambda m: (lambda theta: theta), _scalar_sign, {"sgd": 0.5, "adam": 0.02}),
     "s4": Family("regression", lambda m: _lora_predictor(m, LORA_RANK, LORA_ALPHA),
                  lambda m: _lora_model_theta(m, LORA_RANK, LORA_ALPHA), _orthant,
-                 {"sgd": 0.05, "adam": 0.01}, consistency=False),
+                 {"sgd": 0.05, "adam": 0.01}, consistency=False, lora=True),
 }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import logging
 import math
 import time
@@ -94,7 +95,15 @@ class SweepConfig:
 
 
 def sweep_config(**values) -> SweepConfig:
-    """Build a validated `SweepConfig`: unknown keys, wrong types and out-of-range values raise ConfigError."""
+    """Build a validated `SweepConfig`: unknown keys, wrong types and out-of-range values raise ConfigError.
+
+    ``methods`` may name algorithms (``"iga"``), which select all their variants.
+    """
+    if isinstance(values.get("methods"), (list, tuple)) and all(isinstance(m, str) for m in values["methods"]):
+        try:
+            values["methods"] = [m.name for m in resolve_methods(list(values["methods"]))]
+        except ValueError as error:
+            raise cfg.ConfigError(f"methods: {error}") from error
     return cfg.from_dict(SweepConfig, values)
 
 
@@ -171,11 +180,37 @@ def _single_thread():
 
 
 def sweep_tasks(config: SweepConfig) -> list[tuple]:
-    """List every run of the sweep as (spec, method, seed, draw, fold), grouped by benchmark and trial seed."""
+    """List every run of the sweep as (spec, method, seed, draw, fold), grouped by benchmark and trial seed.
+
+    Methods that cannot run on a benchmark (`applicable`) are left out; their table
+    cells stay empty.
+    """
     return [(spec, method, seed, h, fold)
             for spec in config.specs() for seed in range(config.seeds)
-            for method in config.method_variants() for h in range(config.n_hparams)
-            for fold in config.folds()]
+            for method in config.method_variants() if applicable(spec, method)
+            for h in range(config.n_hparams) for fold in config.folds()]
+
+
+def applicable(spec: BenchmarkSpec, method: MethodVariant) -> bool:
+    """False where the method cannot run on the benchmark (the IGA LoRA step off the LoRA model)."""
+    return FAMILIES[spec.family].lora or not algorithm_class(method.algorithm).requires_lora
+
+
+def _run_pending(run: RunFolder, pending: list[tuple], total: int, workers: int, progress: bool) -> None:
+    """Train the pending runs (in this process or in a pool) and append each record as it arrives."""
+    bar = tqdm(total=total, initial=total - len(pending), desc="compare", unit="run", disable=not progress)
+    if workers == 1:
+        with _single_thread():
+            for task in pending:
+                key, record = _run_cell_task(task)
+                run.append(key, record.pop("metrics"), extra=record)
+                bar.update()
+    else:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+            for key, record in pool.map(_run_cell_task, pending, chunksize=8):
+                run.append(key, record.pop("metrics"), extra=record)
+                bar.update()
+    bar.close()
 
 
 def run_sweep(config: SweepConfig, out: str | Path, workers: int = 1, progress: bool = True) -> dict:
@@ -199,22 +234,22 @@ def run_sweep(config: SweepConfig, out: str | Path, workers: int = 1, progress: 
     run = RunFolder(out, "compare", config_dict, cfg.config_hash(config))
     tasks = sweep_tasks(config)
     pending = [t for t in tasks if not run.finished(cell_key(*t))]
-    logger.info("compare sweep in %s: %d runs, %d already finished", run.path, len(tasks), len(tasks) - len(pending))
 
-    bar = tqdm(total=len(tasks), initial=len(tasks) - len(pending), desc="compare", unit="run",
-               disable=not progress)
-    if workers == 1:
-        with _single_thread():
-            for task in pending:
-                key, record = _run_cell_task(task)
-                run.append(key, record.pop("metrics"), extra=record)
-                bar.update()
-    else:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
-            for key, record in pool.map(_run_cell_task, pending, chunksize=8):
-                run.append(key, record.pop("metrics"), extra=record)
-                bar.update()
-    bar.close()
+    # Header, mirrored to compare.log in the run folder.
+    log_file = logging.FileHandler(run.path / "compare.log", encoding="utf-8")
+    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    package_logger = logging.getLogger("iga_theory")
+    package_logger.addHandler(log_file)
+    try:
+        logger.info("compare sweep in %s: %d runs, %d already finished, %d workers", run.path, len(tasks),
+                    len(tasks) - len(pending), workers)
+        logger.info("configuration %s", json.dumps(config_dict, sort_keys=True))
+        logger.info("provenance %s", json.dumps(run.provenance, sort_keys=True))
+        _run_pending(run, pending, len(tasks), workers, progress)
+        logger.info("finished %d runs in %.1f s", len(pending), time.perf_counter() - start)
+    finally:
+        package_logger.removeHandler(log_file)
+        log_file.close()
 
     summary = summarize_sweep(run.records(), config)
     summary["provenance"] = provenance()

@@ -67,7 +67,10 @@ class Predictor:
     init : callable
         ``init(rng) -> ndarray (P,)``, the initial parameters drawn from ``rng``.
     blocks : dict
-        Named slices of ``theta`` (for example ``{"B": slice(0, 8)}``); diagnostics only.
+        Named slices of ``theta`` (for example ``{"B": slice(0, 8)}``), one per
+        parameter tensor.
+    lora : LoRAStructure, optional
+        Present when the predictor is one LoRA layer ``f(x) = x^T W(theta)``.
     """
 
     n_params: int
@@ -75,6 +78,7 @@ class Predictor:
     loss: str
     init: Callable[[np.random.Generator], np.ndarray]
     blocks: dict | None = None
+    lora: "LoRAStructure | None" = None
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -89,6 +93,58 @@ class Predictor:
     def mean_loss(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean loss of one batch (a 0-d tensor)."""
         return self.sample_losses(theta, X, y).mean()
+
+
+@dataclass(frozen=True)
+class LoRAStructure:
+    """A LoRA layer ``W = W0 + (alpha / r) B A`` inside a flat ``theta = (vec B, vec A)``.
+
+    Attributes
+    ----------
+    W0 : Tensor, shape (p, q)
+        Frozen base weight.
+    rank : int
+        r, the inner dimension of B (p, r) and A (r, q).
+    alpha : float
+        LoRA scaling numerator; the update is scaled by ``alpha / r``.
+    """
+
+    W0: torch.Tensor
+    rank: int
+    alpha: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.W0.shape)
+
+    def factors(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, A)`` of shapes (p, r) and (r, q) from the flat theta (views, row-major)."""
+        p, q = self.shape
+        n_b = p * self.rank
+        return theta[:n_b].reshape(p, self.rank), theta[n_b:].reshape(self.rank, q)
+
+    def weight(self, theta: torch.Tensor) -> torch.Tensor:
+        """``W = W0 + (alpha / r) B A``, shape (p, q)."""
+        B, A = self.factors(theta)
+        return self.W0.to(theta.dtype) + (self.alpha / self.rank) * B @ A
+
+
+def per_domain_weight_gradients(predictor: Predictor, theta: torch.Tensor, X: torch.Tensor,
+                                y: torch.Tensor) -> torch.Tensor:
+    """Gradient of each domain's mean loss with respect to the LoRA weight W; shape (K, p, q).
+
+    For ``f(x) = x^T W`` this is ``G_e = X_e^T dL/df / n``, the weight-space gradient
+    that the IGA LoRA step masks and projects.
+    """
+    check_domain_batches(X, y)
+    if predictor.lora is None:
+        raise ValueError("per_domain_weight_gradients needs a LoRA predictor (predictor.lora is None)")
+    loss = LOSSES[predictor.loss]
+
+    def weight_loss(W, X_e, y_e):
+        return loss(X_e @ W, y_e).mean()
+
+    return vmap(grad(weight_loss), in_dims=(None, 0, 0))(predictor.lora.weight(theta), X, y)
 
 
 def linear_predictor(n_features: int, loss: str, init_scale: float = 0.0) -> Predictor:
