@@ -157,6 +157,7 @@ def build_report(config: ReportConfig, out_dir: str | Path, seed: int = 0, progr
     extra_inputs = {name: _read_optional(name, path) for name, path in
                     (("compare", compare_path), ("distill", distill_path))}
     out_dir = runs.ensure_writable_dir(out_dir)
+    runs.remove_stale_temporaries(out_dir, (RESULTS_NAME, PDF_NAME))  # left by a killed run
     results = run_experiments(config, seed, out_dir, progress=progress)
 
     tick = time.perf_counter()
