@@ -70,13 +70,13 @@ def _text_page(title: str, blocks: list[tuple[str, list[str]]], size=PAGE) -> pl
 
 
 def statements_figure() -> plt.Figure:
-    """The three theorem statements, typeset with matplotlib mathtext."""
+    """Typeset the three theorem statements with matplotlib mathtext."""
     return _text_page("Theory: statements verified by `iga validate`",
                       [(title, lines) for title, lines in STATEMENTS.items()], size=WIDE)
 
 
 def certificate_figures(certificate: dict, rows_per_page: int = 32) -> list[plt.Figure]:
-    """The certificate's checks as table pages (name, theorem, value, interval, verdict)."""
+    """Draw the certificate's checks as table pages (name, theorem, value, interval, verdict)."""
     checks = certificate.get("checks", [])
     figures = []
     for start in range(0, max(len(checks), 1), rows_per_page):
@@ -122,6 +122,7 @@ def rate_figure(data: dict) -> plt.Figure:
         ax.loglog(T, row, color="C0", alpha=0.25, lw=0.8)
     for row in rhs:
         ax.loglog(T, row, color="C3", alpha=0.25, lw=0.8)
+
     ax.loglog(T, lhs.mean(axis=0), "o-", color="C0", label=r"left: $\frac{1}{T}\sum\|A_t^{1/2}\nabla R\|^2$")
     ax.loglog(T, rhs.mean(axis=0), "s-", color="C3", label="right: computed bound")
     ax.loglog(T, np.array(data["plain"]).mean(axis=0), "^--", color="C2",
@@ -131,6 +132,7 @@ def rate_figure(data: dict) -> plt.Figure:
                  f"[{slope.get('ci_low', float('nan')):.3f}, {slope.get('ci_high', float('nan')):.3f}]")
     ax.set_xlabel("steps T (eta ~ 1/sqrt(T))")
     ax.legend(fontsize=8)
+
     ax = axes[1]
     alignment = np.array(data["alignment"])
     steps = np.arange(alignment.shape[1])

@@ -2,7 +2,7 @@
 
 Usage: ``python -m iga_theory.proofs.build [OUT_DIR]``. ``latexmk -pdf`` is preferred
 (it reruns for references); ``pdflatex`` run twice is the fallback. Without either,
-nothing is built and the message says what to install.
+nothing is built and the returned message names what to install.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ TEX_TIMEOUT_S = 300
 
 
 def tex_sources() -> list[Path]:
-    """The standalone LaTeX documents of the proofs (theorem1.tex, theorem2.tex, theorem3.tex)."""
+    """List the standalone LaTeX documents of the proofs (theorem1.tex, theorem2.tex, theorem3.tex)."""
     return sorted(PROOFS_DIR.glob("theorem*.tex"))
 
 

@@ -1,7 +1,7 @@
 r"""Symbolic (sympy) checks of every algebraic step of the proofs and model derivations.
 
 Each ``check_*`` function derives one identity or inequality with sympy and returns
-``(passed, detail)``; `run_all` runs them all and `sympy_experiment` turns the result
+``(passed, detail)``. `run_all` runs them all, and `sympy_experiment` turns the results
 into certificate checks for ``iga validate``. The steps that are not algebra (Jensen,
 the triangle inequality, conditional expectations, the order-statistic argument) are
 stated in the LaTeX proofs and checked numerically by the validation experiments.

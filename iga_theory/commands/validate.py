@@ -52,7 +52,7 @@ def _resolve(target: str):
 
 
 def build_config(quick: bool, seeds: int | None, seed: int, config_path: str | None):
-    """The ValidateConfig of one invocation (a file, the quick preset or the defaults)."""
+    """Build the ValidateConfig of one invocation: from a file, the quick preset or the defaults."""
     from iga_theory.synthetic.validate_common import ValidateConfig, quick_config, with_seeds
 
     if config_path is not None:
@@ -109,13 +109,17 @@ def run_validation(out: str | Path, quick: bool = False, seeds: int | None = Non
     checks = [check for key in keys for check in results[key]["checks"]]
     measurements = [m for key in keys for m in results[key]["measurements"]]
     figures_data = {name: data for key in keys for name, data in results[key]["figures"].items()}
+    if config_path:
+        mode = "config-file"
+    else:
+        mode = "quick" if quick else "default"
     certificate = {
         "passed": all(check["passed"] for check in checks),
         "n_checks": len(checks),
         "n_failed": sum(not check["passed"] for check in checks),
         "checks": checks,
         "measurements": measurements,
-        "mode": "config-file" if config_path else ("quick" if quick else "default"),
+        "mode": mode,
         "config": to_dict(config),
         "run_folder": run.path.name,  # relative to the output folder, so that a moved folder still matches
         "experiment_seconds": timings,
