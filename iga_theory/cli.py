@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("iga_theory.commands.validate", "run the verification experiments of Theorems 1-3 and write a certificate"),
     "compare": ("iga_theory.commands.compare", "compare IGA with the invariance baselines on the synthetic benchmarks"),
     "bench": ("iga_theory.commands.bench", "time the operators against their performance targets; write bench.json"),
+    "distill": ("iga_theory.commands.distill", "distil isomer-set rationales into LoRA adapters with ERM-SFT, IGA and baselines"),
+    "teacher": ("iga_theory.commands.teacher", "generate teacher rationales for isomer questions and keep the verified ones"),
 }
 
 

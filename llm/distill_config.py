@@ -119,7 +119,8 @@ class TrainConfig:
                              "intervals pool isomer sets and seeds", low=0, high=2**31 - 1,
                              default_factory=lambda: [0])
     steps: int = field(300, "optimizer steps per method and seed", low=1, high=10**7)
-    per_domain_batch: int = field(4, "sequences per training domain in each step", low=1, high=4096)
+    sets_per_step: int = field(4, "isomer sets per optimizer step; each set contributes its rendering in "
+                               "every training domain, so a step holds sets_per_step * K sequences", low=1, high=4096)
     lr: float = field(2e-3, "peak AdamW learning rate of the adapter", low=1e-8, high=1.0)
     weight_decay: float = field(0.0, "AdamW weight decay", low=0.0, high=10.0)
     warmup_steps: int = field(20, "linear warm-up steps", low=0, high=10**6)
@@ -228,7 +229,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pretrain": {"steps": 150, "n_sentences": 6000, "block_size": 128, "batch_size": 16, "lr": 3e-3},
         "lora": {"r": 8, "alpha": 16.0, "dropout": 0.05},
         "data": {"n_sets": 1200, "max_eval_sets": 48},
-        "train": {"methods": ["erm", "iga"], "seeds": [0], "steps": 300, "per_domain_batch": 4,
+        "train": {"methods": ["erm", "iga"], "seeds": [0], "steps": 300, "sets_per_step": 4,
                   "lr": 2e-3, "checkpoint_every": 50},
         "eval": {"max_new_tokens": 120, "batch_size": 64},
         "runtime": {"device": "cpu", "threads": 1, "output_dir": "runs/distill-tiny-cpu"},
@@ -238,7 +239,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "lora": {"r": 16, "alpha": 32.0, "dropout": 0.05},
         "data": {"n_sets": 4000},
         "train": {"methods": list(METHOD_NAMES), "seeds": [0, 1, 2], "steps": 1000,
-                  "per_domain_batch": 4, "lr": 2e-4, "warmup_steps": 50, "checkpoint_every": 200},
+                  "sets_per_step": 4, "lr": 2e-4, "warmup_steps": 50, "checkpoint_every": 200},
         "eval": {"max_new_tokens": 192, "batch_size": 128},
         "runtime": {"device": "cuda", "output_dir": "runs/distill-qwen2.5-0.5b"},
     },

@@ -98,7 +98,7 @@ def domain_order(domains) -> list[str]:
 
 @dataclass
 class DistillData:
-    """Items split for distillation, with the training items tokenised per domain.
+    """Items split for distillation, with the training items tokenised by isomer set.
 
     Attributes
     ----------
@@ -106,17 +106,20 @@ class DistillData:
         Domains of the ``train`` split; ids index into this list.
     heldout_domains : list of str
         Domains of the ``test_ood`` split.
-    train : list of list of EncodedExample
-        ``train[e]``: the training sequences of domain ``train_domains[e]``.
+    train_sets : list of list of EncodedExample
+        One entry per training isomer set: its K renderings, in the order of
+        ``train_domains``. Only sets with a rendering of at most ``max_length`` tokens
+        in every training domain are kept, so every step sees the same problems in
+        all K domains.
     test_id, test_ood : list of IsomerItem
         Evaluation items, in-domain and on held-out domains.
     dropped : int
-        Training items longer than ``max_length`` tokens (left out).
+        Training sets left out: a member longer than ``max_length`` or missing.
     """
 
     train_domains: list[str]
     heldout_domains: list[str]
-    train: list[list[EncodedExample]]
+    train_sets: list[list[EncodedExample]]
     test_id: list[IsomerItem]
     test_ood: list[IsomerItem]
     dropped: int = 0
@@ -124,7 +127,7 @@ class DistillData:
 
 def prepare_data(items: Sequence[IsomerItem], tokenizer, max_length: int,
                  max_eval_sets: int | None = None) -> DistillData:
-    """Split items, tokenise the training split per domain and cap the test splits.
+    """Split items, tokenise the training split by isomer set and cap the test splits.
 
     Parameters
     ----------
@@ -133,14 +136,15 @@ def prepare_data(items: Sequence[IsomerItem], tokenizer, max_length: int,
         ``test_ood`` items.
     tokenizer : transformers tokenizer
     max_length : int
-        Training sequences longer than this many tokens are dropped (counted and logged).
+        A training set with a rendering longer than this many tokens is left out
+        (counted and logged).
     max_eval_sets : int, optional
         Keep the first ``max_eval_sets`` isomer sets (in file order) of each test split.
 
     Raises
     ------
     ValueError
-        Fewer than 2 training domains, or no test items.
+        Fewer than 2 training domains, no complete training set, or no test items.
     """
     train_items = [item for item in items if item.split == "train"]
     train_domains = domain_order({item.domain for item in train_items})
@@ -150,30 +154,34 @@ def prepare_data(items: Sequence[IsomerItem], tokenizer, max_length: int,
             "cross-domain method needs at least 2 (generate sets with more training domains)")
     index_of = {domain: e for e, domain in enumerate(train_domains)}
 
-    train: list[list[EncodedExample]] = [[] for _ in train_domains]
-    dropped = 0
+    members: dict[str, dict[int, EncodedExample]] = {}
     for position, item in enumerate(train_items):
-        example = encode_item(tokenizer, item, index_of[item.domain], position)
-        if len(example.input_ids) > max_length:
+        members.setdefault(item.set_id, {})[index_of[item.domain]] = encode_item(
+            tokenizer, item, index_of[item.domain], position)
+    train_sets, dropped = [], 0
+    for set_id, by_domain in members.items():
+        renderings = [by_domain.get(e) for e in range(len(train_domains))]
+        if any(x is None or len(x.input_ids) > max_length for x in renderings):
             dropped += 1
             continue
-        train[example.domain].append(example)
+        train_sets.append(renderings)
     if dropped:
-        logger.warning("dropped %d of %d training items longer than %d tokens (data.max_length)",
-                       dropped, len(train_items), max_length)
-    empty = [train_domains[e] for e, examples in enumerate(train) if not examples]
-    if empty:
-        raise ValueError(f"no training sequence of at most {max_length} tokens in domain(s) {empty}; "
-                         "raise data.max_length")
+        # NOTE: a teacher file that rejected many rationales loses whole sets here; the
+        # per-domain statistics need every domain in every step, which complete sets give.
+        logger.warning("left out %d of %d training sets: a rendering is missing or longer than %d tokens "
+                       "(data.max_length)", dropped, len(members), max_length)
+    if not train_sets:
+        raise ValueError(f"no training set has all {len(train_domains)} renderings within {max_length} tokens; "
+                         "raise data.max_length or supply complete isomer sets")
 
     test_id = _first_sets([item for item in items if item.split == "test_id"], max_eval_sets)
     test_ood = _first_sets([item for item in items if item.split == "test_ood"], max_eval_sets)
     if not test_id and not test_ood:
         raise ValueError("the items have no test_id or test_ood split to evaluate on")
     heldout_domains = domain_order({item.domain for item in test_ood})
-    logger.info("distillation data: %s training sequences per domain, %d in-domain and %d held-out test items",
-                {d: len(train[e]) for e, d in enumerate(train_domains)}, len(test_id), len(test_ood))
-    return DistillData(train_domains, heldout_domains, train, test_id, test_ood, dropped)
+    logger.info("distillation data: %d training sets in %d domains, %d in-domain and %d held-out test items",
+                len(train_sets), len(train_domains), len(test_id), len(test_ood))
+    return DistillData(train_domains, heldout_domains, train_sets, test_id, test_ood, dropped)
 
 
 def _first_sets(items: list[IsomerItem], max_sets: int | None) -> list[IsomerItem]:

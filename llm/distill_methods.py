@@ -1,7 +1,8 @@
 r"""Distillation methods in one training loop: ERM-SFT, IGA, AND-mask, SAND-mask, V-REx, GroupDRO.
 
-Each step gets one minibatch per training domain (``per_domain_batch`` sequences each)
-and the token cross-entropy of the rationale and answer tokens. With ``L_e`` the mean
+Each step gets ``sets_per_step`` isomer sets rendered in each of the K training domains
+(one minibatch per domain, the same problems in every domain) and the token
+cross-entropy of the rationale and answer tokens. With ``L_e`` the mean
 token loss of domain ``e`` and ``g_e`` its gradient with respect to the trainable
 (LoRA) parameters:
 

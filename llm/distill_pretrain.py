@@ -10,6 +10,7 @@ model would, in three kinds of sentence:
   ("The loan is not secured.", "The pump moves 12 liters per minute.");
 * arithmetic facts with the operations the quantitative rationales use
   ("7 * 4 = 28.", "56 - 14 = 42.", "42 / 14 = 3.", "20 * 60 / 100 = 12.");
+* recap paragraphs that restate one of their statements after "So";
 * nothing in question-and-rationale form: the reasoning patterns of the isomer
   skeletons are left for distillation to teach.
 
@@ -41,6 +42,9 @@ logger = logging.getLogger(__name__)
 # rates, times and counts of this size (their products and sums reach a few hundred).
 ARITHMETIC_RANGE = (1, 30)
 PERCENTS = (10, 20, 25, 30, 40, 50, 60, 70, 75, 80, 90)
+# Shares of recap paragraphs among paragraphs and of arithmetic facts among the other sentences.
+RECAP_SHARE = 0.25
+ARITHMETIC_SHARE = 0.3
 
 
 # ----- corpus ---------------------------------------------------------------------------------
@@ -94,25 +98,38 @@ def _arithmetic_sentence(rng: np.random.Generator) -> str:
     return f"{whole} * {percent} / 100 = {whole * percent // 100}."
 
 
-def generic_corpus(n_sentences: int, seed: int = 0, domains=ALL_DOMAINS) -> list[str]:
-    """Generate ``n_sentences`` generic sentences (see the module docstring), in short paragraphs.
+def _recap_paragraph(rng: np.random.Generator, domain: str) -> list[str]:
+    """Two to four statements of one domain, then "So" and one of them again (teaches copying)."""
+    statements = [_domain_sentence(rng, domain) for _ in range(int(rng.integers(2, 5)))]
+    again = statements[int(rng.integers(len(statements)))]
+    return statements + ["So " + again[:1].lower() + again[1:]]
 
-    Returns a list of paragraphs of 1 to 6 sentences, deterministic in ``(n_sentences, seed, domains)``.
+
+def generic_corpus(n_sentences: int, seed: int = 0, domains=ALL_DOMAINS) -> list[str]:
+    """Generate about ``n_sentences`` generic sentences (see the module docstring), in short paragraphs.
+
+    A paragraph is 1 to 6 sentences of mixed domains and arithmetic, or (one time in
+    four) a recap paragraph: statements of one domain followed by "So" and one of them
+    repeated, the kind of repetition from which a language model learns to copy from
+    its context. Deterministic in ``(n_sentences, seed, domains)``.
     """
     n_sentences = check_positive_int("n_sentences", n_sentences)
     rng = np.random.default_rng([seed, 0x5EED])
     domains = list(domains)
-    paragraphs, current = [], []
-    for _ in range(n_sentences):
-        if rng.random() < 0.3:
-            current.append(_arithmetic_sentence(rng))
+    paragraphs: list[str] = []
+    written = 0
+    while written < n_sentences:
+        if rng.random() < RECAP_SHARE:
+            sentences = _recap_paragraph(rng, domains[int(rng.integers(len(domains)))])
         else:
-            current.append(_domain_sentence(rng, domains[int(rng.integers(len(domains)))]))
-        if len(current) >= int(rng.integers(1, 7)):
-            paragraphs.append(" ".join(current))
-            current = []
-    if current:
-        paragraphs.append(" ".join(current))
+            sentences = []
+            for _ in range(int(rng.integers(1, 7))):
+                if rng.random() < ARITHMETIC_SHARE:
+                    sentences.append(_arithmetic_sentence(rng))
+                else:
+                    sentences.append(_domain_sentence(rng, domains[int(rng.integers(len(domains)))]))
+        paragraphs.append(" ".join(sentences))
+        written += len(sentences)
     return paragraphs
 
 

@@ -12,7 +12,7 @@ A checkpoint holds the trainable (LoRA) parameters, the AdamW state, the schedul
 the random number generator states and the method's own state (IGA's moving averages
 and counters, GroupDRO's domain weights). The data position needs no state of its
 own: the batch of step t is a pure function of (seed, t) (`distill_pretrain.epoch_positions`),
-and each log record shows it as ``epoch`` and ``offset`` per domain. A killed run
+and each log record shows it as ``epoch`` and ``offset`` in the sequence of training sets. A killed run
 restarted on the same folder continues from its last checkpoint and reproduces the
 uninterrupted run exactly on the same machine and thread count.
 """
@@ -44,7 +44,7 @@ from iga_theory.runs import atomic_write_json, atomic_write_text
 logger = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Offset of the batch-order streams of the training domains (pre-training uses stream 1).
+# Stream of the batch order of the training sets (pre-training uses stream 1).
 DATA_STREAM = 100
 
 
@@ -85,21 +85,19 @@ def build_student(config: DistillConfig, base_path: str | Path, seed: int, devic
     return model
 
 
-def make_step_batch(data: DistillData, per_domain_batch: int, step: int, seed: int, pad_id: int,
+def make_step_batch(data: DistillData, sets_per_step: int, step: int, seed: int, pad_id: int,
                     device: torch.device) -> tuple[StepBatch, dict]:
-    """The minibatches of step ``step``: ``per_domain_batch`` sequences of every training domain.
+    """The minibatches of step ``step``: ``sets_per_step`` isomer sets, each in every training domain.
 
-    Returns the batch and its position in each domain's epoch sequence (for the log).
+    Returns the batch (rows grouped by domain, the sets in the same order in every
+    domain) and its position in the epoch sequence of the sets (for the log).
     """
-    per_domain, examples, position = [], [], {}
-    for domain, sequences in enumerate(data.train):
-        indices, where = epoch_positions(len(sequences), per_domain_batch, step, seed, DATA_STREAM + domain)
-        chosen = [sequences[i] for i in indices]
-        examples.extend(chosen)
-        per_domain.append({k: v.to(device) for k, v in collate(chosen, pad_id).items()})
-        position[data.train_domains[domain]] = where
-    combined = {k: v.to(device) for k, v in collate(examples, pad_id).items()}
-    return StepBatch(combined, per_domain), position
+    indices, position = epoch_positions(len(data.train_sets), sets_per_step, step, seed, DATA_STREAM)
+    chosen = [data.train_sets[i] for i in indices]
+    per_domain_examples = [[renderings[e] for renderings in chosen] for e in range(len(data.train_domains))]
+    per_domain = [{k: v.to(device) for k, v in collate(examples, pad_id).items()} for examples in per_domain_examples]
+    combined = collate([x for examples in per_domain_examples for x in examples], pad_id)
+    return StepBatch({k: v.to(device) for k, v in combined.items()}, per_domain), position
 
 
 def save_adapter(model, folder: Path) -> None:
@@ -119,9 +117,7 @@ def _log_record(step: int, method: str, seed: int, diagnostics: dict, lr: float,
                 seconds: float) -> dict:
     record = {"step": step, "method": method, "seed": seed, "lr": lr, "seconds": seconds}
     record.update(diagnostics)
-    for domain, where in position.items():
-        record[f"epoch_{domain}"] = where["epoch"]
-        record[f"offset_{domain}"] = where["offset"]
+    record.update(position)
     return record
 
 
@@ -179,7 +175,7 @@ def train_run(config: DistillConfig, data: DistillData, tokenizer, base_path: st
                          disable=not progress, initial=start, total=train.steps):
             # One minibatch per domain, then the method's step.
             step_start = time.perf_counter()
-            batch, position = make_step_batch(data, train.per_domain_batch, step, seed,
+            batch, position = make_step_batch(data, train.sets_per_step, step, seed,
                                               tokenizer.pad_token_id, device)
             diagnostics = method.step(batch, step)
             log.append(_log_record(step, method_name, seed, diagnostics, method.scheduler.get_last_lr()[0],
