@@ -26,14 +26,14 @@ def tex_sources() -> list[Path]:
 
 
 def build(out_dir: str | Path | None = None) -> dict:
-    """Compile every proof to PDF in ``out_dir`` (default: the proofs folder).
+    """Compile every proof to PDF in ``out_dir`` (default: ``proofs-pdf`` in the working directory).
 
     Returns
     -------
     dict with ``built`` (list of PDF paths), ``engine`` (the command used or None) and
     ``message``. Raises RuntimeError when an installed engine fails on a document.
     """
-    out_dir = Path(out_dir) if out_dir is not None else PROOFS_DIR
+    out_dir = Path(out_dir) if out_dir is not None else Path.cwd() / "proofs-pdf"
     out_dir.mkdir(parents=True, exist_ok=True)
     if shutil.which("latexmk"):
         engine = "latexmk"

@@ -48,3 +48,12 @@ def test_build_skips_without_latex(tmp_path, monkeypatch):
 def test_tex_sources_present():
     names = {path.name for path in build.tex_sources()}
     assert {"theorem1.tex", "theorem2.tex", "theorem3.tex"} <= names
+
+
+@pytest.mark.skipif(build.shutil.which("latexmk") is None and build.shutil.which("pdflatex") is None,
+                    reason="no TeX engine installed (latexmk or pdflatex)")
+def test_proofs_build_to_pdf(tmp_path):
+    result = build.build(tmp_path)
+    assert [path.name for path in result["built"]] == ["theorem1.pdf", "theorem2.pdf", "theorem3.pdf"]
+    for path in result["built"]:
+        assert path.stat().st_size > 10_000
