@@ -15,4 +15,6 @@ REGISTRY: dict[str, str] = {
     "mask_numba_vs_numpy": "iga_theory.benchmarks.operators:bench_numba_vs_numpy",
     "randomized_projection": "iga_theory.benchmarks.operators:bench_randomized_projection",
     "thin_retraction": "iga_theory.benchmarks.operators:bench_thin_retraction",
+    "montecarlo_bernstein": "iga_theory.benchmarks.montecarlo:bench_bernstein",
+    "montecarlo_training": "iga_theory.benchmarks.montecarlo:bench_training",
 }
