@@ -138,6 +138,11 @@ def conflict_score(mu: torch.Tensor, s2: torch.Tensor, eps: float | None = None,
     c : Tensor, shape and dtype of mu, values in [0, inf]
     """
     mu, s2 = _check_moments(mu, s2)
+    return _score(mu, s2, eps, eps_rel)
+
+
+def _score(mu, s2, eps, eps_rel):
+    """`conflict_score` on validated moments (the mask pipeline validates them once)."""
     if eps is None:
         eps_value = relative_eps(mu, s2, check_in_range("eps_rel", eps_rel, 0.0, float("inf")))
     else:
@@ -189,7 +194,11 @@ def mask_from_score(c: torch.Tensor, tau: float, kappa0: float = DEFAULT_KAPPA0,
     c = _as_float_tensor("c", c)
     if bool(torch.isnan(c).any() | (c < 0).any()):
         raise ValueError("c must be a conflict score in [0, inf]; it contains NaN or negative values")
+    return _mask(c, tau, kappa0, m_min)
 
+
+def _mask(c, tau, kappa0, m_min):
+    """`mask_from_score` on a validated score and validated parameters."""
     z = kappa0 * (1.0 - c / tau)
     sigmoid_kappa0 = torch.sigmoid(torch.tensor(kappa0, dtype=c.dtype, device=c.device))
     ratio = torch.sigmoid(z) / sigmoid_kappa0
@@ -221,9 +230,13 @@ def _mask_and_mean(g, tau, kappa0, m_min, eps, eps_rel, variance, score):
             raise ValueError("score='sign' needs an explicit tau in (0, 1]; got tau=None")
         mask = mask_from_score(sign_conflict_score(g), tau, kappa0=kappa0, m_min=m_min)
         return mask, _domain_mean(g)
+    if tau is None:
+        tau = default_tau(K, variance=variance)
+    tau, kappa0, m_min = check_mask_parameters(tau, kappa0, m_min)
+    # cross_domain_moments has checked that mu and s2 are finite, and s2 >= 0 by
+    # construction, so the score and the mask skip their own input checks.
     mu, s2 = cross_domain_moments(g, variance=variance)
-    mask = mask_from_moments(mu, s2, K, tau=tau, kappa0=kappa0, m_min=m_min, eps=eps,
-                             eps_rel=eps_rel, variance=variance)
+    mask = _mask(_score(mu, s2, eps, eps_rel), tau, kappa0, m_min)
     return mask, mu
 
 

@@ -233,3 +233,19 @@ def test_thin_inner_product():
 def test_lora_step_errors(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_half_precision_adapter_computed_in_float32(half):
+    generator = torch.Generator().manual_seed(0)
+    B, A = torch.randn(8, 2, generator=generator), torch.randn(2, 6, generator=generator)
+    P = torch.randn(8, 6, generator=generator)
+    factors = truncated_svd(P, 2)
+    B_new, A_new = retract(B.to(half), A.to(half), 4.0, 0.1, tuple(f.to(half) for f in factors))
+    assert B_new.dtype == half
+    assert A_new.dtype == half
+    expected_B, expected_A = retract(B.to(half).float(), A.to(half).float(), 4.0, 0.1,
+                                     tuple(f.to(half).float() for f in factors))
+    # The same float32 computation, then one rounding to the half dtype: bitwise equal.
+    assert torch.equal(B_new, expected_B.to(half))
+    assert torch.equal(A_new, expected_A.to(half))

@@ -246,16 +246,29 @@ def test_m10_opposing_domains_at_floor(backend, case):
     u = np.finfo(g.dtype).eps / 2
     # mu is 0 up to the rounding of the sum, |mu| <= 4 (K + 2) u max|g|.
     assert np.all(np.abs(mu) <= 4 * (K + 2) * u * np.abs(opposed).max(axis=0))
-    # Then c >= s2 / (mu^2 + eps) is huge wherever s2_j is not negligible against
-    # eps = 1e-8 mean(s2): for s2_j >= 1e-4 mean(s2), c_j >= ~1e4 and
-    # kappa0 (c/tau - 1) >= 0.1 (1e4 / 10 - 1) > 104, so the sigmoid underflows.
-    resolved = s2 >= 1e-4 * s2.mean()
+    # Then the score is at least c_low = s2 / (mu_max^2 + eps) with the relative eps, and
+    # infinite or at least s2 / mu_max^2 with eps = 0, so the mask is within
+    # (1 - m_min) exp(-kappa0 (c_low / tau - 1)) / sigmoid(kappa0) of its floor, and
+    # exactly at it where that bound is below half the smallest subnormal.
+    mu_max = 4 * (K + 2) * u * np.abs(opposed).max(axis=0).astype(np.float64)
+    s2 = s2.astype(np.float64)
+    eps = reference.relative_eps(mu, s2)
     floor = g.dtype.type(options["m_min"])
+    tau, kappa0, m_min = options["tau"], options["kappa0"], options["m_min"]
+    smallest = np.finfo(g.dtype).smallest_subnormal
 
-    m = run_mask(backend, opposed, **options)
-    assert np.all(m[resolved] == floor)
-    m_zero_eps = run_mask(backend, opposed, eps=0.0, **options)
-    assert np.all(m_zero_eps[resolved] == floor)
+    for eps_used, m in ((eps, run_mask(backend, opposed, **options)),
+                        (0.0, run_mask(backend, opposed, eps=0.0, **options))):
+        with np.errstate(divide="ignore", over="ignore"):
+            c_low = s2 / (mu_max**2 + eps_used)
+            gap = (1 - m_min) * np.exp(-kappa0 * (c_low / tau - 1)) / 0.5
+        conflicting = c_low > 10 * tau  # the coordinates that are not negligible against eps
+        assert np.all(m >= floor)
+        # Slack: the rounding of m_min + (1 - m_min) ratio (one spacing of the floor) and
+        # results below the normal range.
+        slack = np.spacing(floor) + 4 * np.finfo(g.dtype).tiny
+        assert np.all((m - floor)[conflicting] <= gap[conflicting] + slack)
+        assert np.all(m[conflicting & (gap < smallest / 2)] == floor)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
