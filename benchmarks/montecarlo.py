@@ -1,9 +1,10 @@
 """Benchmarks of the Monte Carlo engines behind ``iga validate``.
 
 * ``montecarlo_bernstein``: the Theorem 2 bound over R replications of K domain risks,
-  vectorised numpy against the numba kernel (the record passes when numpy takes at
-  most 1.5 times numba's time, which is why the validation uses numpy) and against a
-  Python loop over `iga_theory.bounds.bernstein_bound` (reported in ``times_s``).
+  the numba kernel against vectorised numpy (ratio: numpy's time over numba's; the
+  record passes when numba is at least as fast, which is why the coverage loops of
+  ``iga validate`` use it) and against a Python loop over
+  `iga_theory.bounds.bernstein_bound` (reported in ``times_s``).
 * ``montecarlo_training``: R full-batch IGA runs on S1 at once
   (`iga_theory.montecarlo.train_population_batched`) against R calls of the per-run
   reference loop `iga_theory.synthetic.training.train_population` (target: >= 5x).
@@ -25,7 +26,7 @@ SIZES = {
 
 
 def bench_bernstein(profile: str = "quick", repeats: int = 5) -> list[dict]:
-    """Vectorised numpy against numba (and a Python loop) for the Theorem 2 bound over replications."""
+    """Time the numba kernel against vectorised numpy (and a Python loop) for the Theorem 2 bound."""
     size = SIZES[check_profile(profile)]
     rng = np.random.default_rng(0)
     risks = rng.uniform(size=(size["R"], size["K"]))
@@ -37,14 +38,14 @@ def bench_bernstein(profile: str = "quick", repeats: int = 5) -> list[dict]:
         "python_loop_2000_rows": lambda: [bounds.bernstein_bound(row, 1.0, 0.05) for row in loop_rows],
     }, repeats)
     return [make_record(
-        "montecarlo_bernstein", times["numpy"] / times["numba"], 1.5, "<=",
+        "montecarlo_bernstein", times["numpy"] / times["numba"], 1.0, ">=",
         {"R": size["R"], "K": size["K"]}, "float64", times,
-        "time of the vectorised numpy bound over the numba kernel's",
-        note_if_failed="numpy is more than 1.5x slower than numba here; switch the coverage loops to the numba kernel")]
+        "speed-up of the numba Bernstein kernel over vectorised numpy (the coverage loops use numba)",
+        note_if_failed="numpy is faster than numba here; the coverage loops could use bernstein_bounds instead")]
 
 
 def bench_training(profile: str = "quick", repeats: int = 3) -> list[dict]:
-    """R batched full-batch IGA runs against R calls of the per-run reference loop, on S1."""
+    """Time R batched full-batch IGA runs against R calls of the per-run reference loop, on S1."""
     from iga_theory.synthetic.models import Domain, make_model
     from iga_theory.synthetic.training import MaskOptions, train_population
 
