@@ -436,6 +436,18 @@ class LoraIGAProcessor:
         return self._prepared is not None
 
     @property
+    def prepared_outcomes(self) -> dict[str, tuple[TangentBasis | None, LayerOutcome]]:
+        """Per layer, the tangent basis and operator outcome of the prepared step (empty otherwise).
+
+        The outcome holds the flat mask and mean ``mu`` (coordinates of the mode); read it
+        between `prepare_step` and the optimizer step, for diagnostics and studies.
+        """
+        if self._prepared is None:
+            return {}
+        return {name: (self._prepared["bases"][name], outcome)
+                for name, outcome in self._prepared["outcomes"].items()}
+
+    @property
     def step_skipped(self) -> bool:
         """True when `prepare_step` skipped the current step (NaN policy ``skip``)."""
         return self._skipped

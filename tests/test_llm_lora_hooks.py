@@ -242,3 +242,19 @@ def test_dora_is_rejected():
 def test_model_without_lora_is_rejected():
     with pytest.raises(ValueError, match="no PEFT LoRA linear layer"):
         find_lora_layers(torch.nn.Linear(3, 3))
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradient_checkpointing_gives_same_statistics(reentrant):
+    x, ids = batch()
+    plain_model = gpt2()
+    _, plain = hooked_statistics(plain_model, x, ids, "full")
+    model = gpt2()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    model.enable_input_require_grads()
+    model.train()
+    _, checkpointed = hooked_statistics(model, x, ids, "full")
+    assert checkpointed.n_micro_batches == 1
+    for name in plain.sums:
+        # Recomputation repeats the same float64 operations: equal to rounding.
+        assert max_error(checkpointed.sums[name]["G"], plain.sums[name]["G"]) < TOL64

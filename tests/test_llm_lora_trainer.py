@@ -163,3 +163,24 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, mode):
     for (name, a), (_, c) in zip(model_a.named_parameters(), model_c.named_parameters()):
         if a.requires_grad:
             assert torch.equal(a, c), name
+
+
+def test_load_lora_model_from_local_folders(tmp_path):
+    from iga_theory.llm.lora_models import load_lora_model
+
+    import copy
+
+    trained = tiny_lora_model("llama", hidden_size=32, n_heads=4, vocab_size=VOCAB, init_lora_B="random")
+    copy.deepcopy(trained).unload().save_pretrained(tmp_path / "base")      # base weights without LoRA
+    trained.save_pretrained(tmp_path / "adapter")
+
+    fresh = load_lora_model(tmp_path / "base", r=2, target_modules=("q_proj",), dtype=torch.float32)
+    assert len(LoraIGAProcessor(fresh, K).layers) == 2            # q_proj in 2 layers, rank 2
+    resumed = load_lora_model(tmp_path / "base", adapter_path=tmp_path / "adapter", dtype=torch.float32)
+    name = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.default.weight"
+    assert torch.equal(dict(resumed.named_parameters())[name], dict(trained.named_parameters())[name])
+    assert dict(resumed.named_parameters())[name].requires_grad
+    base_name = "base_model.model.model.layers.1.self_attn.v_proj.base_layer.weight"
+    assert torch.equal(dict(resumed.named_parameters())[base_name], dict(trained.named_parameters())[base_name])
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_lora_model(tmp_path / "missing")
