@@ -99,7 +99,7 @@ def selection_table_page(compare: dict):
         columns += [(f"{bench} OOD {_arrow(info)}", bench, "ood"), (f"{bench} shifted {_arrow(info)}", bench, "shifted")]
     rows = []
     for method, info in compare["methods"].items():
-        if info["algorithm"] not in ("iga", "erm"):
+        if info["algorithm"] not in ("iga", "iga_lora", "erm"):
             continue
         for selection in compare["selection_methods"]:
             rows.append((f"{info['label']} / {SELECTION_LABELS[selection]}", method, selection))

@@ -13,7 +13,7 @@ diagnostics (``loss`` is always there). Subclasses implement one method,
   The step is then multiplied elementwise by ``multiplier``, so a coordinate whose
   multiplier is 0 does not move under any optimizer. Adam divides each coordinate
   by its own running root mean square, so a mask applied to the gradient cancels:
-  ``(m mu) / sqrt(m^2 v) = mu / sqrt(v)``; only the ``update`` placement keeps a
+  ``(m mu) / sqrt(m^2 v) = mu / sqrt(v)``. Only the ``update`` placement keeps a
   masked coordinate still under Adam. Under plain SGD both placements give the same
   step.
 

@@ -288,14 +288,14 @@ class IGA(_MaskAlgorithm):
 class IGALoRA(IGA):
     r"""IGA's LoRA step: mask the weight-space gradient, project to rank r, map to the factors.
 
-    For a LoRA predictor ``W = W0 + (alpha / r) B A`` (S4): the per-domain weight
-    gradients ``G_e = dL_e / dW`` (K, p, q) give the mask M exactly as for `IGA` (same
-    threshold, sharpness, floor and EMA statistics, over the p q entries of W), the
-    masked direction is ``D = M * mu_W``, ``P = Pi_r(D)`` is its best rank-r
-    approximation, and the optimizer receives the chain-rule factor gradients
-    ``grad_B = (alpha/r) P A^T`` and ``grad_A = (alpha/r) B^T P`` (`iga_theory.lora_step`,
-    factor mode, with its descent safeguard: ``D`` replaces ``P`` when
-    ``<mu_W, P> <= 0``). The mask acts on W, not on theta, so there is no elementwise
+    For a LoRA predictor ``W = W0 + (alpha / r) B A`` (S4), the per-domain weight
+    gradients ``G_e = dL_e / dW`` (K, p, q) give the mask M exactly as for `IGA`, with
+    the same threshold, sharpness, floor and EMA statistics over the p q entries of W.
+    The masked direction is ``D = M * mu_W`` and ``P = Pi_r(D)`` its best rank-r
+    approximation. The optimizer receives the chain-rule factor gradients
+    ``grad_B = (alpha/r) P A^T`` and ``grad_A = (alpha/r) B^T P`` (`iga_theory.lora_step`
+    in factor mode). Its descent safeguard uses ``D`` in place of ``P`` when
+    ``<mu_W, P> <= 0``. The mask acts on W, not on theta, so there is no elementwise
     multiplier on theta and only the gradient placement exists.
 
     Source: this library (`iga_theory.lora_step.IGALoRAStep`).

@@ -18,9 +18,9 @@ a scalar multiplier w of the predictions, at w = 1 (the product of two halves is
 unbiased estimate of the squared derivative); ``v_e`` is the per-coordinate variance of
 the per-sample gradients in domain e, ``g_e`` the gradient of ``L_e``. The annealed
 weight is ``lambda_t = 1`` for ``t < anneal_steps`` (Fishr: 0) and ``lambda`` after,
-with a fresh optimizer state at ``t = anneal_steps``, as in DomainBed (Gulrajani & Lopez-Paz,
-"In Search of Lost Domain Generalization", ICLR 2021), whose implementations and
-default hyperparameters these follow unless a class docstring states otherwise.
+with a fresh optimizer state at ``t = anneal_steps``, as in DomainBed (Gulrajani &
+Lopez-Paz, "In Search of Lost Domain Generalization", ICLR 2021). The implementations
+and default hyperparameters follow DomainBed unless a class docstring states otherwise.
 
 Gradients of the penalised objectives come from `torch.func.grad`, through the
 per-sample and per-domain gradients of `iga_theory.synthetic.per_domain`.

@@ -261,10 +261,10 @@ def build_environment(spec: BenchmarkSpec, seed: int) -> Environment:
 
     The model's own seed (its rotation and fixed weights) stays at the model default,
     so a rotated benchmark uses the same rotation in every trial. The trial seed draws
-    the domains and the samples from generators seeded by the family, not the variant:
-    the plain and rotated variants of a trial then hold the same domains and the same
-    samples up to the rotation, so the rotated-minus-plain gap of a method is a paired
-    difference (exactly 0 for a rotation-equivariant method such as ERM under SGD).
+    the domains and the samples from generators seeded by the family, not the variant.
+    The plain and rotated variants of a trial then contain the same domains and the
+    same samples up to the rotation, so the rotated-minus-plain gap of a method is a
+    paired difference (exactly 0 for a rotation-equivariant method such as ERM under SGD).
     """
     family = FAMILIES[spec.family]
     model = make_model(spec.family, **spec.model_params())
@@ -361,7 +361,7 @@ def _per_domain_scores(env: Environment, theta: torch.Tensor, X: torch.Tensor, y
 @torch.no_grad()
 def evaluate(env: Environment, theta: np.ndarray, domains: list[int] | None = None,
              left_out: int | None = None) -> dict:
-    """Every metric of one trained predictor on ``env`` (floats; see the keys below).
+    """Compute every metric of one trained predictor on ``env`` (floats; see the keys below).
 
     Parameters
     ----------

@@ -7,7 +7,7 @@ import torch
 from iga_theory.errors import NonFiniteError
 from iga_theory.synthetic.algorithms import (ALGORITHMS, METHOD_VARIANTS, algorithm_class, draw_hparams,
                                              resolve_methods)
-from iga_theory.synthetic.algorithms_base import HParam, LogUniform, Uniform
+from iga_theory.synthetic.algorithms_base import Choice, HParam, LogUniform, Uniform
 from iga_theory.synthetic.benchmarks import build_environment, parse_benchmark, train_method
 from iga_theory.synthetic.per_domain import domain_losses, linear_predictor
 
@@ -68,10 +68,10 @@ def test_placements_agree_under_sgd(s1_env, algorithm):
     np.testing.assert_allclose(runs["gradient"], runs["update"], rtol=1e-12, atol=1e-14)
 
 
-def test_only_update_placement_keeps_masked_coordinates_still_under_adam(s1_env):
+def test_adam_update_placement_keeps_mask(s1_env):
     # A floor of 1e-6 leaves the conflicting (spurious) coordinates of S1 at mask 1e-6.
-    # Adam divides by the running RMS of the masked gradient, which undoes the mask under
-    # the gradient placement; the update placement scales Adam's step by 1e-6 instead.
+    # Adam divides by the running RMS of the masked gradient, so the gradient placement
+    # undoes the mask. The update placement scales Adam's step by 1e-6 instead.
     model = s1_env.model
     spurious = ~model.invariant_mask
     moves = {}
@@ -122,9 +122,16 @@ def test_shared_hparam_draw_is_shared_across_algorithms():
 
 def test_random_hparams_inside_search_space():
     for name, cls in ALGORITHMS.items():
-        for seed in range(1, 8):
-            hparams = cls.random_hparams(seed)
-            assert set(hparams) == set(cls.default_hparams()), name
+        for declaration in cls.hparam_declarations():
+            search = declaration.search
+            for seed in range(1, 8):
+                value = cls.random_hparams(seed)[declaration.name]
+                if isinstance(search, Choice):
+                    assert value in search.options, (name, declaration.name, value)
+                elif isinstance(search, Uniform):
+                    assert search.low <= value <= search.high, (name, declaration.name, value)
+                else:   # LogUniform and IntLogUniform draw 10^U(low, high), the latter rounded down
+                    assert int(10 ** search.low) <= value <= 10 ** search.high, (name, declaration.name, value)
 
 
 def test_unknown_hparam_rejected(s1_env):

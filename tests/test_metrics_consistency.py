@@ -40,7 +40,8 @@ def test_lcs_vectors_hand_computed():
               elements=st.floats(-10, 10)).filter(lambda h: np.all(np.linalg.norm(h, axis=-1) > 1e-3)))
 def test_lcs_vectors_range_and_identity(h):
     values = per_set_lcs(h)
-    assert np.all(values >= -TOL) and np.all(values <= 1 + TOL)
+    assert np.all(values >= -TOL)
+    assert np.all(values <= 1 + TOL)
     # (1/K) sum |u_k - ubar|^2 = 1 - |ubar|^2 for unit vectors.
     u = h / np.linalg.norm(h, axis=-1, keepdims=True)
     np.testing.assert_allclose(values, 1 - (u.mean(axis=1) ** 2).sum(-1), atol=1e-10)
