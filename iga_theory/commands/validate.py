@@ -28,6 +28,10 @@ from iga_theory.runs import RunFolder, atomic_write_json, ensure_writable_dir, p
 logger = logging.getLogger(__name__)
 
 # Experiment key -> "module:function"; each function takes the ValidateConfig.
+# Version of the stored experiment results; part of the run folder's hash. Raise it when
+# an experiment's code changes what it stores, so that older stored results are not reused.
+RESULT_VERSION = 1
+
 EXPERIMENTS: dict[str, str] = {
     "proofs_sympy": "iga_theory.proofs.checks:sympy_experiment",
     "t1_rate": "iga_theory.synthetic.validate_t1:rate_experiment",
@@ -94,7 +98,8 @@ def run_validation(out: str | Path, quick: bool = False, seeds: int | None = Non
         raise ValueError(f"unknown experiment(s) {unknown}; choose from {sorted(EXPERIMENTS)}")
     out = ensure_writable_dir(out)  # only after the input is valid, so a rejected call creates nothing
 
-    run = RunFolder(out, "validate", to_dict(config), config_hash(config))
+    identity = {"config": to_dict(config), "result_version": RESULT_VERSION}
+    run = RunFolder(out, "validate", identity, config_hash(identity))
     results = {}
     timings = {}
     for key in tqdm(keys, desc="iga validate", disable=not progress):
