@@ -60,6 +60,10 @@ def kill_and_resume(baseline, out, log_path, n_kills, kill_seed, theory="skip"):
     for moment in moments:
         running = kill_at(command, out, log_path, moment, env=quiet_env())
         kills.append(Kill(moment, running, count_records(out)))
+    # A kill while the PDF is drawn (seconds) leaves its temporary file; plant one so
+    # that every run checks that the rerun removes it.
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ".iga-report.pdf.abcd1234.tmp").write_bytes(b"%PDF-1.4 torn")
     run_to_completion(command, log_path, env=quiet_env())
     return kills
 
