@@ -23,9 +23,16 @@ Dividing by :math:`\sigma(\kappa_0)` makes full agreement (``c = 0``) give exact
 so IGA reduces to plain gradient descent when all domains agree.
 
 Precision. Everything is computed in the gradients' dtype (float32 or float64;
-float16 is computed in float32) with the two-pass formula for the variance, summing
-the domains in order ``e = 0 .. K-1``; only the relative eps is summed in float64. The numba kernels of `iga_theory.mask_numba` follow the
-same order of operations, and `iga_theory.mask_torch` is the autograd version.
+float16 is computed in float32) with the two-pass formula for the variance. The mean
+is shifted by the first domain (``mu = g_0 + mean_e(g_e - g_0)``) and the domains are
+summed in order ``e = 0 .. K-1``. Only the relative eps is summed in float64. The
+numba kernels of `iga_theory.mask_numba` follow the same order of operations, and
+`iga_theory.mask_torch` is the autograd version. `mask_rounding_bound` bounds how far
+two such implementations can differ.
+
+Exactness. Scaling all gradients by a power of 2 leaves the mask bitwise unchanged,
+K equal gradients give ``s2 = 0`` and ``m = 1`` exactly, and two opposing domains
+give ``mu = 0`` exactly.
 
 The sign-agreement score ``c_sign = 1 - |sum_e g_e| / sum_e |g_e|`` is a named
 alternative (``score="sign"``) that ignores differences of scale between domains whose

@@ -1,9 +1,11 @@
 """M9: the numpy reference, the numba kernels and the torch kernel give the same mask.
 
-Tolerance: the spec's relative tolerance (1e-12 in float64, 1e-5 in float32) where
+Tolerance: the target relative tolerance (1e-12 in float64, 1e-5 in float32) where
 the mask is well-conditioned, widened per coordinate by `mask_rounding_bound` where
 the conflict score is ill-conditioned (cancellation in mu) or the mask is below the
 dtype's normal range.
+
+Hypothesis draws a fixed sequence of examples (derandomize) so that runs are reproducible.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def assert_masks_agree(m_reference, m_other, g, options):
     assert np.all(np.abs(m_other.astype(np.float64) - m_reference) <= allowed)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(case=cases())
 def test_m9_numba_matches_reference(case):
     g, options = case
@@ -68,7 +70,7 @@ def test_m9_numba_matches_reference(case):
     assert np.all(np.abs(d_numba.astype(np.float64) - d_reference) <= allowed)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(case=cases())
 def test_m9_torch_matches_reference(case):
     g, options = case

@@ -24,7 +24,9 @@ from iga_theory import operators
 
 BACKENDS = ["numpy", "numba", "torch"]
 DTYPES = [np.float32, np.float64]
-PROPERTY_SETTINGS = settings(max_examples=25, deadline=None)
+# A fixed sequence of examples (derandomize) keeps runs reproducible; drop it and raise
+# max_examples to explore further.
+PROPERTY_SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 
 
 def run_mask(backend, g, **options):
@@ -188,7 +190,7 @@ def test_m5_monotone_in_s2_and_mu(case, coordinate, factor):
 
 
 @given(c=st.floats(0.0, 20.0), tau=st.floats(0.05, 5.0), m_min=st.sampled_from([0.0, 0.2]))
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50, deadline=None, derandomize=True)
 def test_m6_hard_limit(c, tau, m_min):
     distance = abs(c / tau - 1.0)
     hard = m_min + (1.0 - m_min) * (1.0 if c < tau else 0.0)

@@ -18,7 +18,9 @@ from iga_theory.errors import NonFiniteError
 from iga_theory.projection import project_rank, relative_excess_error, truncated_svd
 
 TOL_FACTOR = 20
-SETTINGS = settings(max_examples=25, deadline=None)
+# A fixed sequence of examples (derandomize) keeps runs reproducible; drop it and raise
+# max_examples to explore further.
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 
 
 def tolerance(D):

@@ -18,7 +18,9 @@ from iga_theory.projection import (
     truncated_svd,
 )
 
-SETTINGS = settings(max_examples=20, deadline=None)
+# A fixed sequence of examples (derandomize) keeps runs reproducible; drop it and raise
+# max_examples to explore further.
+SETTINGS = settings(max_examples=20, deadline=None, derandomize=True)
 
 
 def low_rank_plus_noise(p, q, r, noise, seed):

@@ -1,4 +1,7 @@
-"""Welford / Chan streaming statistics: exactness, merging, conventions, the naive fast path."""
+"""Welford / Chan streaming statistics: exactness, merging, conventions, the naive fast path.
+
+Hypothesis draws a fixed sequence of examples (derandomize) so that runs are reproducible.
+"""
 
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ def variance_tolerance(x):
     return 8 * x.shape[0] * np.finfo(np.float64).eps * kappa
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(x=streams(), data=st.data())
 def test_welford_and_merge_match_two_pass(x, data):
     n = x.shape[0]
@@ -66,7 +69,7 @@ def test_welford_and_merge_match_two_pass(x, data):
             assert np.all(np.abs(accumulator.variance(kind) - var) <= variance_tolerance(x) * var)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, derandomize=True)
 @given(x=streams(), workers=st.integers(1, 9))
 def test_tree_reduce_of_worker_triples(x, workers):
     # Each worker holds some domains; the all-reduce merges their (count, mean, M2).
