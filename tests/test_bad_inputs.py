@@ -402,3 +402,53 @@ def test_atomic_json_rejects_nan_without_leftovers(tmp_path):
     with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         runs.atomic_write_json(tmp_path / "results.json", {"value": float("nan")})
     assert snapshot(tmp_path) == {}
+
+
+# ----- no code execution from user files ----------------------------------------------
+
+SOURCE_FOLDERS = ("iga_theory", "synthetic", "llm", "proofs", "benchmarks")
+UNPICKLING_MODULES = {"pickle", "cPickle", "dill", "cloudpickle", "shelve", "marshal", "joblib"}
+
+
+def forbidden_calls(tree) -> list[str]:
+    """``eval``/``exec`` calls, unpickling imports, ``torch.load`` and ``allow_pickle=True`` in a module."""
+    import ast
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name) and func.id in ("eval", "exec"):
+                found.append(f"line {node.lineno}: {func.id}()")
+            if (isinstance(func, ast.Attribute) and func.attr == "load" and isinstance(func.value, ast.Name)
+                    and func.value.id == "torch"):
+                found.append(f"line {node.lineno}: torch.load()")
+            for keyword in node.keywords:
+                if keyword.arg == "allow_pickle" and getattr(keyword.value, "value", False) is True:
+                    found.append(f"line {node.lineno}: allow_pickle=True")
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found += [f"line {node.lineno}: import {name}" for name in names
+                      if name.split(".")[0] in UNPICKLING_MODULES]
+    return found
+
+
+def test_sources_never_eval_or_unpickle():
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    problems = {}
+    for folder in SOURCE_FOLDERS:
+        for path in sorted((root / folder).rglob("*.py")):
+            found = forbidden_calls(ast.parse(path.read_text(encoding="utf-8")))
+            if found:
+                problems[str(path.relative_to(root))] = found
+    assert problems == {}
+
+
+def test_forbidden_call_scan_finds_each_kind():
+    import ast
+
+    # Control: the scan above can fail.
+    source = "import pickle\nexec('x')\nimport torch\ntorch.load('f')\nnp.load('f', allow_pickle=True)\n"
+    assert len(forbidden_calls(ast.parse(source))) == 4
