@@ -121,8 +121,8 @@ _TEMPORARY_NAME = r"\.{name}\.[a-z0-9_]{{8}}\.tmp"
 def remove_stale_temporaries(folder: str | Path, names: Iterable[str]) -> list[Path]:
     """Delete the temporary files that killed atomic writes of ``names`` left in ``folder``.
 
-    A kill between `tempfile.mkstemp` and `os.replace` in `atomic_write_bytes` (or in
-    any writer using the same naming) leaves ``.NAME.XXXXXXXX.tmp`` behind; the target
+    A kill between `tempfile.mkstemp` and `os.replace` in `atomic_write_bytes`, or in
+    any writer using the same naming, leaves ``.NAME.XXXXXXXX.tmp`` behind. The target
     file itself is never partial. Only files of that exact pattern are removed. Call
     this only while no other process writes the same names into ``folder``, because a
     live writer's temporary file would be removed too.

@@ -3,7 +3,7 @@
 The run (tests/lora_training_run.py) trains with IGA in the Hugging Face Trainer and
 resumes from the newest complete checkpoint that `runs.last_complete_checkpoint`
 finds. The default run checks that function on checkpoint folders cut short the way
-a kill cuts them; the SIGKILL test itself takes minutes on 2 cores and is marked slow.
+a kill cuts them. The SIGKILL test itself takes minutes on 2 cores, so it is marked slow.
 """
 
 import json
@@ -88,7 +88,7 @@ def test_training_sigkill_resume_same_weights(tmp_path):
     for name in expected:
         assert np.array_equal(expected[name], resumed[name]), f"{name}; {context}"
     # NOTE: a kill inside save_iga_state can leave a .iga_state.*.tmp file in a checkpoint
-    # folder, which the next save of that checkpoint does not remove; only the files
+    # folder, and the next save of that checkpoint does not remove it. So only the files
     # outside the checkpoint folders are checked here.
     assert [path for path in temporaries(out) if not path.parent.name.startswith("checkpoint-")] == [], context
     state = json.loads((runs.last_complete_checkpoint(out) / runs.CHECKPOINT_MARKER).read_text())

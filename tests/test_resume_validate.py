@@ -20,7 +20,7 @@ from resume_support import (  # noqa: E402
 )
 
 # Cheap experiments of the quick preset (a few seconds each on 2 cores) for the default
-# run; the slow test kills the whole quick run, figures included.
+# run. The slow test kills the whole quick run, figures included.
 CHEAP = ("t2_naive_reuse", "t2_slopes", "t2_quantile", "t3_budget", "maps_tau_kappa")
 SEED = 0
 # Exit status 1 means that a check failed, which is still a complete run with a certificate.
