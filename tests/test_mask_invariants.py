@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from iga_theory import mask as reference
 from iga_theory import operators
+from iga_theory.mask_torch import mask_from_score as mask_from_score_torch
 
 BACKENDS = ["numpy", "numba", "torch"]
 DTYPES = [np.float32, np.float64]
@@ -189,18 +190,29 @@ def test_m5_monotone_in_s2_and_mu(case, coordinate, factor):
         assert m_agreement[j] >= m[j] - slack
 
 
-@given(c=st.floats(0.0, 20.0), tau=st.floats(0.05, 5.0), m_min=st.sampled_from([0.0, 0.2]))
-@settings(max_examples=50, deadline=None, derandomize=True)
-def test_m6_hard_limit(c, tau, m_min):
-    distance = abs(c / tau - 1.0)
-    hard = m_min + (1.0 - m_min) * (1.0 if c < tau else 0.0)
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@given(c=st.lists(st.floats(0.0, 20.0), min_size=1, max_size=20), tau=st.floats(0.05, 5.0),
+       m_min=st.sampled_from([0.0, 0.2]), dtype=st.sampled_from(DTYPES))
+@settings(max_examples=40, deadline=None, derandomize=True)
+def test_m6_hard_limit(backend, c, tau, m_min, dtype):
+    scores = np.array(c, dtype=dtype)
+    ratio = scores.astype(np.float64) / tau
+    distance = np.abs(ratio - 1.0)
+    hard = m_min + (1.0 - m_min) * (ratio < 1.0)
+    u = np.finfo(dtype).eps / 2
     for kappa0 in (1e2, 1e3, 1e4):
-        m = float(reference.mask_from_score(np.array([c]), tau, kappa0=kappa0, m_min=m_min)[0])
-        if distance > 1e-12:
-            # 1 - sigmoid(kappa0 delta) <= exp(-kappa0 delta) below tau; above tau the
-            # ratio is sigmoid(-kappa0 delta)/sigmoid(kappa0) <= 2 exp(-kappa0 delta).
-            # 1e-15 covers the rounding of c/tau and the sigmoid in float64.
-            assert abs(m - hard) <= 2.0 * np.exp(-kappa0 * distance) + 1e-15
+        if backend == "torch":
+            m = mask_from_score_torch(torch.from_numpy(scores), tau, kappa0=kappa0, m_min=m_min).numpy()
+        else:
+            m = reference.mask_from_score(scores, tau, kappa0=kappa0, m_min=m_min)
+        # Below tau, 1 - sigmoid(kappa0 delta) <= exp(-kappa0 delta); above, the ratio is
+        # sigmoid(-kappa0 delta) / sigmoid(kappa0) <= 2 exp(-kappa0 delta). Computing
+        # z = kappa0 (1 - c/tau) in the dtype errs by up to kappa0 u (1 + 2 c/tau), which
+        # enters the exponent, and the result is rounded once more (4 u).
+        z_error = kappa0 * u * (1.0 + 2.0 * ratio)
+        off_threshold = distance > 2.0 * z_error / kappa0
+        bound = 2.0 * np.exp(-kappa0 * distance + z_error) + 4 * u
+        assert np.all(np.abs(m.astype(np.float64) - hard)[off_threshold] <= bound[off_threshold])
 
 
 @pytest.mark.parametrize("m_min", [0.0, 0.3])
