@@ -26,7 +26,7 @@ float64 total of ``mu^2 + s2`` non-finite, and only then is ``g`` scanned to cou
 the bad entries for the error message. This saves a full pass over ``g``.
 
 Kernels compile on first use for float32 and float64 and are cached on disk
-(``cache=True``); ``g`` is made C-contiguous first (a copy when it is not).
+(``cache=True``). ``g`` is made C-contiguous first, which copies it when it is not.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 r"""Streaming cross-domain statistics: Welford / Chan accumulators and minibatch-noise remedies.
 
-A `MomentAccumulator` holds the triple ``(count, mean, M2)`` of a stream of vectors,
+A `MomentAccumulator` stores the triple ``(count, mean, M2)`` of a stream of vectors,
 ``M2 = sum_i (x_i - mean)^2``. It grows by one vector (Welford's update), by a batch
 (the batch's own two-pass triple, then a merge) or by merging another accumulator
 (Chan, Golub & LeVeque 1979):
@@ -230,7 +230,7 @@ class MomentAccumulator:
     # ----- output -------------------------------------------------------------------
 
     def triple(self) -> MomentTriple:
-        """The ``(count, mean, M2)`` triple (shared, not copied)."""
+        """Return the ``(count, mean, M2)`` triple (shared, not copied)."""
         return MomentTriple(self.count, self.mean, self.m2)
 
     def variance(self, variance: str = "unbiased"):
@@ -328,7 +328,8 @@ def noise_corrected_variance(s2, within_variances, counts):
         raise ValueError(f"every minibatch needs n_e >= 2 for a within-domain variance; got counts {counts}")
     if int(within_variances.shape[0]) != len(counts):
         raise ValueError(
-            f"within_variances holds {within_variances.shape[0]} domains but counts has {len(counts)}"
+            f"within_variances contains {within_variances.shape[0]} domains but counts has {len(counts)}; "
+            "pass one count per domain"
         )
     if tuple(within_variances.shape[1:]) != tuple(s2.shape):
         raise ValueError(

@@ -137,7 +137,7 @@ def test_torch_per_example_gradients():
     (lambda: MinibatchDomainStatistics(2).moments(), "call update\\(\\) first"),
     (lambda: MinibatchDomainStatistics(2).update([np.ones((0, 3)), np.ones((2, 3))]), "n >= 1"),
     (lambda: noise_corrected_variance(np.ones(2), np.ones((2, 2)), [1, 3]), "n_e >= 2"),
-    (lambda: noise_corrected_variance(np.ones(2), np.ones((3, 2)), [2, 3]), "holds 3 domains"),
+    (lambda: noise_corrected_variance(np.ones(2), np.ones((3, 2)), [2, 3]), "contains 3 domains"),
 ])
 def test_minibatch_statistics_errors(call, message):
     with pytest.raises(ValueError, match=message):
