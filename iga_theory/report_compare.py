@@ -61,8 +61,8 @@ def _note(compare: dict, extra: str = "") -> str:
     config = compare["config"]
     units = "; ".join(f"{name}: {info['metric']} {_arrow(info)}" for name, info in compare["benchmarks"].items()
                       if info["variant"] == "plain")
-    return (f"Mean ± standard error over {config['seeds']} trial seeds; bold: the best mean of the column and every "
-            f"entry whose {int(100 * 0.95)}% t-interval overlaps it. Hyperparameters selected by "
+    return (f"Mean ± standard error over {config['seeds']} trial seeds; shaded: the best mean of the column; bold: "
+            f"it and every entry whose 95% t-interval overlaps it. Hyperparameters selected by "
             f"{SELECTION_LABELS[compare['primary_selection']]} among {config['n_hparams']} draws "
             f"(draw 0 = defaults), {config['steps']} steps per run. Metrics: {units}. "
             f"Optimizer and mask placement in each row label (mask methods: SGD = both placements). {extra}")

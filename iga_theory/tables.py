@@ -28,6 +28,8 @@ import numpy as np
 from scipy import stats
 
 DEFAULT_CONFIDENCE = 0.95
+# Background of the best-mean cell in `draw_table` (a light grey).
+BEST_SHADE = "#dddddd"
 
 
 @dataclass(frozen=True)
@@ -89,16 +91,23 @@ def _interval(summary: Summary) -> tuple[float, float]:
     return summary.low, summary.high
 
 
+def best_index(column: Sequence[Summary | None], higher_is_better: bool) -> int | None:
+    """Return the index of the best mean of a column (the first among equal means), or None if empty."""
+    present = [i for i, s in enumerate(column) if s is not None]
+    if not present:
+        return None
+    pick = max if higher_is_better else min
+    return pick(present, key=lambda i: column[i].mean)
+
+
 def bold_best(column: Sequence[Summary | None], higher_is_better: bool) -> list[bool]:
     """Flag the entries of a column to set in bold: the best mean and every interval overlapping it.
 
     Missing entries (None) are never bold. Returns one flag per entry.
     """
-    present = [i for i, s in enumerate(column) if s is not None]
-    if not present:
+    best = best_index(column, higher_is_better)
+    if best is None:
         return [False] * len(column)
-    pick = max if higher_is_better else min
-    best = pick(present, key=lambda i: column[i].mean)
     best_low, best_high = _interval(column[best])
     flags = []
     for summary in column:
@@ -168,10 +177,13 @@ def draw_table(ax, row_labels: Sequence[str], column_labels: Sequence[str],
                digits: int = 3, font_size: float = 7.0):
     """Draw the table on a matplotlib axis (axis hidden), best of each column in bold.
 
-    Returns the matplotlib ``Table``.
+    The entry with the best mean of each column is also shaded, because with few seeds
+    the intervals are wide and many entries of a column can be bold. Returns the
+    matplotlib ``Table``.
     """
     n_rows, n_cols = len(row_labels), len(column_labels)
-    bold = [bold_best([cells[r][c] for r in range(n_rows)], higher_is_better[c]) for c in range(n_cols)]
+    columns = [[cells[r][c] for r in range(n_rows)] for c in range(n_cols)]
+    bold = [bold_best(columns[c], higher_is_better[c]) for c in range(n_cols)]
     text = [[format_summary(cells[r][c], digits) for c in range(n_cols)] for r in range(n_rows)]
     ax.axis("off")
     table = ax.table(cellText=text, rowLabels=list(row_labels), colLabels=list(column_labels),
@@ -182,4 +194,8 @@ def draw_table(ax, row_labels: Sequence[str], column_labels: Sequence[str],
         for c in range(n_cols):
             if bold[c][r]:
                 table[r + 1, c].get_text().set_fontweight("bold")
+    for c in range(n_cols):
+        best = best_index(columns[c], higher_is_better[c])
+        if best is not None:
+            table[best + 1, c].set_facecolor(BEST_SHADE)
     return table

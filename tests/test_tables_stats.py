@@ -8,8 +8,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from iga_theory.tables import (Summary, bold_best, format_summary, latex_escape, latex_table,  # noqa: E402
-                               summarize, draw_table)
+from iga_theory.tables import (Summary, best_index, bold_best, draw_table, format_summary,  # noqa: E402
+                               latex_escape, latex_table, summarize)
 
 TOL = 1e-12
 
@@ -107,4 +107,14 @@ def test_draw_table_sets_bold():
     assert table[2, 0].get_text().get_fontweight() != "bold"
     assert table[2, 1].get_text().get_fontweight() == "bold"
     assert table[1, 1].get_text().get_text() == "--"
+    # The best mean of each column is shaded: row a in column x (higher), row b in y (lower).
+    assert table[1, 0].get_facecolor() != table[2, 0].get_facecolor()
+    assert table[2, 1].get_facecolor() != table[1, 1].get_facecolor()
     plt.close(fig)
+
+
+def test_best_index():
+    column = [_summary(0.3, 0.1), None, _summary(0.5, 0.1), _summary(0.5, 0.2)]
+    assert best_index(column, higher_is_better=True) == 2
+    assert best_index(column, higher_is_better=False) == 0
+    assert best_index([None], higher_is_better=True) is None
