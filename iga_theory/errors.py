@@ -77,8 +77,10 @@ def check_in_range(name: str, value, low: float, high: float, *,
     value = float(value)
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
-    if not np.isfinite(value) or too_low or too_high:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
+    left = "(" if low_open else "["
+    right = ")" if high_open else "]"
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number in {left}{low}, {high}{right}; got {value}")
+    if too_low or too_high:
         raise ValueError(f"{name} must lie in {left}{low}, {high}{right}; got {value}")
     return value
