@@ -1,6 +1,6 @@
 r"""Data-parallel IGA on LoRA: one all-reduce of the per-domain statistics per optimizer step.
 
-Layout. Every rank holds every domain (each batch holds all domains of its isomer
+Layout. Every rank has every domain (each batch contains all domains of its isomer
 sets) and an identical copy of the adapter, as under DDP. A rank's statistics for
 domain ``e`` are the count ``n_e^(k)`` of its loss tokens and the token sum
 ``S_e^(k) = n_e^(k) mean_e^(k)`` of their gradients (`lora_hooks.StepStatistics`).

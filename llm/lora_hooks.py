@@ -1,6 +1,6 @@
 r"""Per-domain gradient statistics of PEFT LoRA layers from one forward and one backward pass.
 
-A batch holds sequences (or tokens) of several domains, each marked with an integer
+A batch contains sequences (or tokens) of several domains, each marked with an integer
 domain id. For a LoRA layer ``y = W0 x + s B A drop(x)`` the weight-space gradient of
 a domain's risk is
 
@@ -81,7 +81,7 @@ class LoraLayerRef:
         Module path in the model (``model.get_submodule(name)`` returns the layer).
     module : peft.tuners.lora.Linear
     adapter : str
-        Adapter name (``"default"`` unless the model holds several).
+        Adapter name (``"default"`` unless the model contains several).
     """
 
     name: str
@@ -182,7 +182,7 @@ def find_lora_layers(model: nn.Module, adapter: str | None = None) -> list[LoraL
 def domain_ids_per_row(domain_ids: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Expand ``domain_ids`` of shape ``(batch,)`` or ``(batch, seq)`` to one id per row of a layer input.
 
-    A layer sees its input flattened to ``(n_rows, features)`` with ``n_rows = batch * seq``.
+    A layer receives its input flattened to ``(n_rows, features)`` with ``n_rows = batch * seq``.
     """
     if domain_ids.ndim == 1:
         batch = domain_ids.shape[0]

@@ -74,7 +74,10 @@ from iga_theory.stats import DEFAULT_RHO
 
 MODES = ("full", "tangent")
 PLACEMENTS = ("gradient", "update")
-PROJECTIONS = ("exact", "randomized")
+PROJECTIONS = ("auto", "exact", "randomized")
+# "auto" takes the randomized range finder when its sketch is at most this share of
+# min(p, q): there it needs a few thin products instead of a full SVD.
+AUTO_RANDOMIZED_SHARE = 0.25
 REMEDIES = ("ema", "none")
 NAN_POLICIES = ("raise", "skip")
 # Default placement for LoRA under AdamW, chosen by measurement (docs/llm.md, "Placement").
@@ -100,8 +103,9 @@ class LoraIGAConfig:
     remedy: str = field("ema", "minibatch-noise remedy for the per-domain means: exponential moving "
                         "average over steps, or none", choices=REMEDIES)
     rho: float = field(DEFAULT_RHO, "EMA rate of the per-domain means, in [0, 1)", low=0.0, high=1.0)
-    projection: str = field("exact", "rank-r projection of mode 'full': exact SVD or randomized range "
-                            "finder", choices=PROJECTIONS)
+    projection: str = field("auto", "rank-r projection of mode 'full': exact SVD, randomized range "
+                            "finder, or 'auto' (randomized when r + oversampling <= min(p, q) / 4)",
+                            choices=PROJECTIONS)
     oversampling: int = field(DEFAULT_OVERSAMPLE, "extra columns of the randomized range finder", low=0)
     power_iterations: int = field(DEFAULT_POWER_ITERS, "power iterations of the randomized range finder",
                                   low=0)
@@ -184,10 +188,14 @@ def split_blocks(basis: TangentBasis, flat: torch.Tensor) -> dict[str, torch.Ten
 def project_rank_r(D: torch.Tensor, r: int, config: LoraIGAConfig) -> Direction:
     """Best rank-r approximation ``Pi_r(D)`` of a ``p x q`` matrix as thin factors ``(U S) Vh``.
 
-    `iga_theory.projection.truncated_svd` with the method of ``config.projection``; the
+    `iga_theory.projection.truncated_svd` with the method of ``config.projection``. The
     randomized sketch uses a fixed seed, so the same statistics give the same step.
     """
-    U, S, Vh = truncated_svd(D, r, method=config.projection, oversample=config.oversampling,
+    method = config.projection
+    if method == "auto":
+        small_sketch = r + config.oversampling <= AUTO_RANDOMIZED_SHARE * min(D.shape)
+        method = "randomized" if small_sketch else "exact"
+    U, S, Vh = truncated_svd(D, r, method=method, oversample=config.oversampling,
                              power_iters=config.power_iterations, seed=0)
     return Direction(U * S, Vh)
 
@@ -326,6 +334,9 @@ def _full_update(ref: LoraLayerRef, basis: TangentBasis, outcome: LayerOutcome, 
     Z_left = P.L @ P.right_times(V)                          # P V, (p, k_A)
     UP = (U.T @ P.dense()) if P.R is None else (U.T @ P.L) @ P.R   # U^T P, (k_B, q)
     Z_right = UP - (UP @ V) @ V.T
+    # NOTE: the minimum-norm solve divides by the singular values of A and B above the
+    # rank cut, so a nearly rank-deficient factor (B a few steps after B = 0) can get a
+    # large step along its weak directions; no training run has measured how often.
     dB_new, dA_new = tangent_pullback_update(basis, Z_left, Z_right)
     return dB_new, dA_new, fired
 

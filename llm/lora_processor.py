@@ -12,9 +12,9 @@ Domains are named once (``domains=["math", "medicine", "law"]``); ids are indice
 into that list. Each batch carries ``domain_ids``: shape ``(batch,)`` for one domain
 per sequence, or ``(batch, seq_len)`` for one per position (packed sequences with a
 block-diagonal attention mask). Id ``-1`` excludes a sequence or position. A batch
-should hold all domains of each isomer set; a domain without loss tokens in a whole
-optimizer step drops out of that step's statistics (with the EMA remedy its
-previous average stays in), and fewer than 2 domains is an error.
+should contain all domains of each isomer set. A domain without loss tokens in a
+whole optimizer step drops out of that step's statistics, although with the EMA
+remedy its previous average stays in. Fewer than 2 domains is an error.
 
 Plain loop, placement ``update`` (the default) or ``gradient``::
 
@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Sequence
 
@@ -100,7 +101,7 @@ class DomainEMA:
         self.right: torch.Tensor | None = None                       # tangent: (K, k, q)
 
     def previous(self, mode: str, basis: TangentBasis | None, like: torch.Tensor) -> torch.Tensor:
-        """The stored averages (not bias-corrected) as ``(K, P)`` vectors in this step's layout."""
+        """Return the stored averages (not bias-corrected) as ``(K, P)`` vectors in this step's layout."""
         if self.seen.max() == 0:
             return torch.zeros_like(like)
         if mode == "full":
@@ -141,7 +142,7 @@ class LoraIGAProcessor:
         Domain names (ids index into it) or their number K >= 2.
     config : LoraIGAConfig, optional
     adapter : str, optional
-        Adapter to act on when the model holds several.
+        Adapter to act on when the model contains several.
     process_group : optional
         ``torch.distributed`` group whose ranks share statistics; default the world
         when initialised.
@@ -408,7 +409,7 @@ class LoraIGAProcessor:
     def retraction_step(self, lr: float) -> bool:
         """Opt-in plain-SGD step: every adapter becomes the rank-r retraction of ``s B A - lr P``.
 
-        Uses the directions of placement ``gradient`` whatever ``config.placement`` says;
+        Uses the directions of placement ``gradient`` whatever ``config.placement`` is;
         replaces the optimizer for the LoRA factors. Returns False when the step was skipped.
         """
         placement = self.config.placement
@@ -439,7 +440,7 @@ class LoraIGAProcessor:
     def prepared_outcomes(self) -> dict[str, tuple[TangentBasis | None, LayerOutcome]]:
         """Per layer, the tangent basis and operator outcome of the prepared step (empty otherwise).
 
-        The outcome holds the flat mask and mean ``mu`` (coordinates of the mode); read it
+        The outcome contains the flat mask and mean ``mu`` (coordinates of the mode); read it
         between `prepare_step` and the optimizer step, for diagnostics and studies.
         """
         if self._prepared is None:
@@ -453,13 +454,18 @@ class LoraIGAProcessor:
         return self._skipped
 
     def summary(self) -> dict[str, float]:
-        """Diagnostics averaged over layers, plus the counters, for a training log."""
+        """Return the diagnostics averaged over layers (events summed), plus the counters.
+
+        A diagnostic that is NaN in every layer (the projection residual where no
+        projection ran) is left out.
+        """
         out = {"iga/steps": self.step_count, "iga/skipped_steps": self.skipped_steps,
                "iga/failed_svd_steps": self.failed_svd_steps, "iga/grad_norm": self.last_grad_norm}
-        if self.diagnostics:
-            for key in DIAGNOSTIC_KEYS:
-                values = [d[key] for d in self.diagnostics.values()]
-                out[f"iga/{key}"] = float(sum(values) / len(values)) if key != "safeguard_events" else float(sum(values))
+        for key in DIAGNOSTIC_KEYS:
+            values = [d[key] for d in self.diagnostics.values() if not math.isnan(d[key])]
+            if not values:
+                continue
+            out[f"iga/{key}"] = float(sum(values)) if key == "safeguard_events" else float(sum(values) / len(values))
         for name, value in self.last_domain_losses.items():
             out[f"iga/loss_{name}"] = value
         return out
@@ -529,7 +535,7 @@ class LoraIGAOptimizer(torch.optim.Optimizer):
         return f"LoraIGAOptimizer({self.optimizer!r}, placement={self.processor.config.placement!r})"
 
     def step(self, closure=None):
-        """One IGA step; see the class docstring. ``closure`` is passed to the wrapped optimizer."""
+        """Run one IGA step (see the class docstring); ``closure`` goes to the wrapped optimizer."""
         processor = self.processor
         if not processor.step_prepared and (processor.step_skipped or not processor.prepare_step()):
             processor.finish_step()

@@ -95,7 +95,7 @@ class IGATrainerMixin:
         Domain names (ids index into them) or their number.
     iga_config : LoraIGAConfig, optional
     iga_adapter : str, optional
-        Adapter to act on when the model holds several.
+        Adapter to act on when the model contains several.
     iga_log_layers : bool
         Also log every layer's diagnostics (``iga/<layer>/<key>``).
     """
