@@ -102,7 +102,7 @@ def certificate_figures(certificate: dict, rows_per_page: int = 32) -> list[plt.
             table.scale(1, 1.25)
         passed = certificate.get("n_checks", 0) - certificate.get("n_failed", 0)
         ax.set_title(f"Certificate: {passed}/{certificate.get('n_checks', 0)} checks passed "
-                     f"({certificate.get('mode', '?')} run, {certificate.get('runtime_s', float('nan')):.0f} s)",
+                     f"({certificate.get('mode', '?')} run, {certificate.get('timing', {}).get('runtime_s', float('nan')):.0f} s)",
                      fontsize=12)
         figures.append(fig)
     return figures

@@ -3,7 +3,7 @@
 One run is a subprocess with a fixed ``PYTHONHASHSEED`` and one BLAS thread, the other
 calls `run_validation` in this test process. The default run covers cheap experiments
 of the quick preset without figures; the slow test compares two complete quick runs.
-Only ``runtime_s``, ``experiment_seconds`` and the git commit are left out.
+Only the ``timing`` key and the git commit are left out.
 """
 
 import json

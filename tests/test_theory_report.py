@@ -24,7 +24,7 @@ def _figures_data():
 
 
 def _certificate():
-    return {"n_checks": 2, "n_failed": 1, "mode": "quick", "runtime_s": 12.0,
+    return {"n_checks": 2, "n_failed": 1, "mode": "quick", "timing": {"runtime_s": 12.0},
             "checks": [{"name": "a", "theorem": "T1", "criterion": "", "value": 0.5, "interval": [0.4, 0.6],
                         "passed": True},
                        {"name": "b", "theorem": "T2", "criterion": "", "value": {"x": 1}, "interval": None,

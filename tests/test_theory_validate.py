@@ -78,7 +78,7 @@ def test_rerun_resumes_with_same_numbers(tiny_run):
     second = validate.run_validation(out, config_path=str(config_path), figures=False, progress=False)
     assert [c["value"] for c in second["checks"]] == [c["value"] for c in first["checks"]]
     # Every experiment came from the run folder, none was recomputed.
-    assert max(second["experiment_seconds"].values()) < 1.0
+    assert max(second["timing"]["experiment_seconds"].values()) < 1.0
 
 
 def test_invalid_config_exits_2(tmp_path, capsys):

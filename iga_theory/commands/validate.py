@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -127,8 +128,9 @@ def run_validation(out: str | Path, quick: bool = False, seeds: int | None = Non
         "mode": mode,
         "config": to_dict(config),
         "run_folder": run.path.name,  # relative to the output folder, so that a moved folder still matches
-        "experiment_seconds": timings,
         "provenance": provenance(),
+        # Wall times: the only values that differ between two runs with the same seed.
+        "timing": {"experiment_seconds": timings},
     }
     atomic_write_json(out / "figures_data.json", figures_data)
     if figures:
@@ -137,7 +139,7 @@ def run_validation(out: str | Path, quick: bool = False, seeds: int | None = Non
         certificate["figures"] = [str(path.relative_to(out)) for path in save_figures(figures_data, out / "figures")]
         write_theory_pdf(out / "theory.pdf", certificate, figures_data)
         certificate["figures"].append("theory.pdf")
-    certificate["runtime_s"] = round(time.perf_counter() - start, 3)
+    certificate["timing"]["runtime_s"] = round(time.perf_counter() - start, 3)
     atomic_write_json(out / "certificate.json", certificate)
     return certificate
 
@@ -150,7 +152,7 @@ def _print_table(certificate: dict) -> None:
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)[:60]
         print(f"{verdict}  {check['theorem']:<3} {check['name']:<{width}}  {shown}")
     print(f"{certificate['n_checks'] - certificate['n_failed']}/{certificate['n_checks']} checks passed "
-          f"in {certificate['runtime_s']:.1f} s")
+          f"in {certificate['timing']['runtime_s']:.1f} s")
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -158,10 +160,10 @@ def _command(args: argparse.Namespace) -> int:
         certificate = run_validation(args.out, quick=args.quick, seeds=args.seeds, seed=args.seed,
                                      config_path=args.config, only=args.only, figures=not args.no_figures)
     except (ConfigError, ValueError, TypeError) as error:
-        print(f"iga validate: {error}")
+        print(f"iga validate: {error}", file=sys.stderr)
         return 2
     except OSError as error:  # an output folder that cannot be created or written
-        print(f"iga validate: error: {error}")
+        print(f"iga validate: error: {error}", file=sys.stderr)
         return 2
     _print_table(certificate)
     print(f"certificate: {Path(args.out) / 'certificate.json'}")
