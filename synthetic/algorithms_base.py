@@ -15,7 +15,7 @@ diagnostics (``loss`` is always there). Subclasses implement one method,
   by its own running root mean square, so a mask applied to the gradient cancels:
   ``(m mu) / sqrt(m^2 v) = mu / sqrt(v)``. Only the ``update`` placement keeps a
   masked coordinate still under Adam. Under plain SGD both placements give the same
-  step.
+  step. Both are applied by `iga_theory.placement.MaskedOptimizer`.
 
 Hyperparameters. Each is declared once, as an `HParam` with a default and a search
 distribution. Draw number 0 of a sweep is the defaults; draw ``s > 0`` samples every
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from iga_theory.errors import NonFiniteError, check_positive_int
+from iga_theory.placement import MaskedOptimizer
 from iga_theory.synthetic.per_domain import Predictor, check_domain_batches
 
 logger = logging.getLogger(__name__)
@@ -296,6 +297,7 @@ class Algorithm:
     def reset_optimizer(self) -> None:
         """Start a fresh optimizer state (used when a penalty weight jumps)."""
         self.optimizer = OPTIMIZERS[self.optimizer_name]([self.theta], self.lr)
+        self.masked_optimizer = MaskedOptimizer(self.optimizer, placement=self.placement)
 
     def direction(self, X: torch.Tensor, y: torch.Tensor) -> Direction:
         """Compute the step direction from one batch per domain; subclasses implement it."""
@@ -333,16 +335,14 @@ class Algorithm:
             diagnostics["skipped"] = float(self.skipped)
             return StepResult(update=torch.zeros_like(before), diagnostics=diagnostics)
 
-        # Optimizer step, with the mask at the chosen place.
-        self.optimizer.zero_grad(set_to_none=False)
-        if self.placement == "gradient":
+        # Optimizer step; a mask method hands its multiplier to the placement wrapper, which
+        # masks the mean gradient (``gradient``) or the optimizer's change (``update``).
+        if direction.multiplier is None:
             self.theta.grad = direction.gradient.detach().clone()
             self.optimizer.step()
         else:
             self.theta.grad = direction.mean_gradient.detach().clone()
-            self.optimizer.step()
-            with torch.no_grad():
-                self.theta.copy_(before + direction.multiplier * (self.theta - before))
+            self.masked_optimizer.step({self.theta: direction.multiplier})
 
         self.step_count += 1
         diagnostics["skipped"] = float(self.skipped)
