@@ -1,8 +1,8 @@
 """Checkpoints of a training run in safetensors and JSON, written atomically, never unpickled.
 
-A checkpoint is a folder ``step-NNNNNNNN`` holding one pair of files per part:
-``PART.safetensors`` with every tensor of the part and ``PART.json`` with the rest of
-its structure, in which each tensor is replaced by a reference to its safetensors key.
+A checkpoint is a folder ``step-NNNNNNNN`` with one pair of files per part.
+``PART.safetensors`` contains every tensor of the part, and ``PART.json`` the rest of
+its structure, with each tensor replaced by a reference to its safetensors key.
 Parts are plain nested containers of tensors, integer numpy arrays, numbers, strings,
 booleans and None, such as ``optimizer.state_dict()``, a scheduler's ``state_dict()``,
 the random number generator states and the trainable parameters. The JSON encoding keeps what JSON
@@ -27,7 +27,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -57,7 +57,8 @@ def flatten_state(obj: Any) -> tuple[dict[str, torch.Tensor], Any]:
     Raises
     ------
     TypeError
-        An object that is none of tensor, dict, list, tuple, str, int, float, bool, None.
+        An object of a type other than tensor, integer ndarray, dict, list, tuple, str, int,
+        float, bool and None.
     """
     tensors: dict[str, torch.Tensor] = {}
 
@@ -161,7 +162,7 @@ def restore_rng_state(state: dict) -> None:
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters of ``model`` that require a gradient, by name."""
+    """Return the parameters of ``model`` that require a gradient, by name."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
@@ -215,12 +216,19 @@ class CheckpointManager:
                 f"{pointer} points at a missing or invalid checkpoint {data!r}; delete the run folder to restart")
         return step
 
-    def save(self, step: int, parts: dict[str, Any]) -> Path:
-        """Write ``parts`` (name -> nested container) as the checkpoint of ``step``."""
+    def save(self, step: int, parts: dict[str, Any], write_files: Callable[[Path], None] | None = None) -> Path:
+        """Write ``parts`` (name -> nested container) as the checkpoint of ``step``.
+
+        ``write_files(folder)``, when given, adds files of its own into the checkpoint
+        folder before it is moved into place (a component with its own safetensors
+        format, such as the IGA processor's state).
+        """
         tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".step-{step:08d}-"))
         try:
             for name, obj in parts.items():
                 save_part(tmp, name, obj)
+            if write_files is not None:
+                write_files(tmp)
             final = self._folder(step)
             if final.exists():  # left by a kill between the rename and the pointer update
                 shutil.rmtree(final)
@@ -233,14 +241,14 @@ class CheckpointManager:
         logger.debug("checkpoint of step %d written to %s", step, final)
         return final
 
-    def load(self) -> tuple[int, dict[str, Any]] | None:
-        """Return ``(step, parts)`` of the latest checkpoint, or None when there is none."""
+    def load(self) -> tuple[int, dict[str, Any], Path] | None:
+        """Return ``(step, parts, folder)`` of the latest checkpoint, or None when there is none."""
         step = self.latest_step()
         if step is None:
             return None
         folder = self._folder(step)
         names = sorted(path.stem for path in folder.glob("*.json"))
-        return step, {name: load_part(folder, name) for name in names}
+        return step, {name: load_part(folder, name) for name in names}, folder
 
     def _prune(self, latest: int) -> None:
         """Delete checkpoints beyond the ``keep`` most recent, and stale temporary folders."""
@@ -305,7 +313,7 @@ class StepLog:
             self._handle = None
 
     def records(self) -> list[dict]:
-        """All complete records in order."""
+        """Return all complete records in order."""
         if not self.path.exists():
             return []
         out = []

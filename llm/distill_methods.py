@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,9 @@ from iga_theory.synthetic.algorithms_gradient import and_mask, rescale_mask, san
 from iga_theory.synthetic.algorithms_penalty import groupdro_weights, vrex_penalty
 
 logger = logging.getLogger(__name__)
+
+# Sub-folder of a checkpoint with the IGA processor's state (`iga_theory.llm.lora_state`).
+IGA_STATE_FOLDER = "iga"
 
 
 @dataclass
@@ -64,9 +68,9 @@ class StepBatch:
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position next-token cross-entropy (float32) and the mask of positions with a label.
+    """Compute the next-token cross-entropy (float32) at every position and the mask of labelled positions.
 
-    Position t of ``logits`` (batch, n, vocab) predicts ``labels[:, t + 1]``; both outputs
+    Position t of ``logits`` (batch, n, vocab) predicts ``labels[:, t + 1]``. Both outputs
     have shape (batch, n - 1), and the loss is 0 where the label is ignored.
     """
     logits, labels = logits[:, :-1], labels[:, 1:]
@@ -180,11 +184,14 @@ class DistillMethod:
 
     # ---- checkpoint state
     def extra_state(self) -> dict:
-        """Method state beyond the parameters and the optimizer (GroupDRO's q, IGA's statistics)."""
+        """Method state beyond the parameters and the optimizer, as plain containers (GroupDRO's q)."""
         return {}
 
-    def load_extra_state(self, state: dict) -> None:
-        """Restore `extra_state`."""
+    def save_state_files(self, folder: Path) -> None:
+        """Write method state that has a file format of its own into a checkpoint folder (IGA's)."""
+
+    def load_extra_state(self, state: dict, folder: Path | None = None) -> None:
+        """Restore `extra_state` (and the files of `save_state_files` from ``folder``)."""
 
     def close(self) -> None:
         """Remove any hooks the method installed."""
@@ -235,14 +242,14 @@ class GroupDRO(DistillMethod):
     def gradients(self, batch, step):
         data = batch.combined
         losses, _ = domain_losses(_forward(self.model, data), data["labels"], data["domain_ids"], self.n_domains)
-        self.q = groupdro_weights(self.q, losses.detach().to(torch.float64), self.config.baselines.groupdro_eta)
-        (self.q.to(losses.dtype) @ losses).backward()
+        self.q = groupdro_weights(self.q, losses.detach().to("cpu", torch.float64), self.config.baselines.groupdro_eta)
+        (self.q.to(losses.device, losses.dtype) @ losses).backward()
         return {**self._domain_diagnostics(losses.detach()), "q_max": float(self.q.max())}
 
     def extra_state(self):
         return {"q": self.q.clone()}
 
-    def load_extra_state(self, state):
+    def load_extra_state(self, state, folder=None):
         self.q = state["q"].to(torch.float64)
 
 
@@ -316,10 +323,10 @@ class SANDMask(_GradientMask):
 class IGA(DistillMethod):
     """IGA on the LoRA layers through `LoraIGAProcessor` and `LoraIGAOptimizer`.
 
-    One forward pass with the domain ids and one backward pass of the domain-balanced
-    loss; the processor's hooks collect the per-domain statistics and its optimizer
-    wrapper runs the operator, the clipping, AdamW and (placement ``update``) the
-    masking of AdamW's step.
+    Each step is one forward pass with the domain ids and one backward pass of the
+    domain-balanced loss. The processor's hooks collect the per-domain statistics, and
+    its optimizer wrapper runs the operator, the clipping, AdamW and (placement
+    ``update``) the masking of AdamW's step.
     """
 
     name = "iga"
@@ -354,50 +361,20 @@ class IGA(DistillMethod):
                 diagnostics[key] = float(summary[f"iga/{key}"])
         return diagnostics
 
-    def extra_state(self):
-        return iga_processor_state(self.processor)
+    def save_state_files(self, folder):
+        from iga_theory.llm.lora_state import save_iga_state
 
-    def load_extra_state(self, state):
-        load_iga_processor_state(self.processor, state)
+        save_iga_state(self.processor, Path(folder) / IGA_STATE_FOLDER)
+
+    def load_extra_state(self, state, folder=None):
+        from iga_theory.llm.lora_state import load_iga_state
+
+        if folder is None:
+            raise ValueError("restoring IGA needs the checkpoint folder holding its iga_state files")
+        load_iga_state(self.processor, Path(folder) / IGA_STATE_FOLDER)
 
     def close(self):
         self.processor.detach()
-
-
-def iga_processor_state(processor) -> dict:
-    """The processor's state between steps (EMA statistics and counters) as plain containers.
-
-    Uses the processor's own ``state_dict`` when it has one.
-    """
-    if hasattr(processor, "state_dict"):
-        return {"processor": processor.state_dict()}
-    ema = {}
-    for name, average in processor.ema.items():
-        ema[name] = {"rho": average.rho, "seen": average.seen.clone(),
-                     **{key: getattr(average, key) for key in ("values", "left", "right")
-                        if getattr(average, key) is not None}}
-    return {"ema": ema, "safeguard_events": dict(processor.safeguard_events), "step_count": processor.step_count,
-            "skipped_steps": processor.skipped_steps, "failed_svd_steps": processor.failed_svd_steps}
-
-
-def load_iga_processor_state(processor, state: dict) -> None:
-    """Restore `iga_processor_state` into a processor built with the same configuration."""
-    if "processor" in state:
-        processor.load_state_dict(state["processor"])
-        return
-    from iga_theory.llm.lora_processor import DomainEMA
-
-    processor.ema = {}
-    for name, saved in state["ema"].items():
-        average = DomainEMA(float(saved["rho"]), processor.n_domains)
-        average.seen = saved["seen"].to(torch.float64)
-        for key in ("values", "left", "right"):
-            setattr(average, key, saved.get(key))
-        processor.ema[name] = average
-    processor.safeguard_events = {k: int(v) for k, v in state["safeguard_events"].items()}
-    processor.step_count = int(state["step_count"])
-    processor.skipped_steps = int(state["skipped_steps"])
-    processor.failed_svd_steps = int(state["failed_svd_steps"])
 
 
 # Method name -> class.

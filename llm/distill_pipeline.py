@@ -10,6 +10,7 @@ Output folder layout (``runtime.output_dir``)::
     runs/METHOD-seedS/ one run folder per method and seed (see `distill_train`)
     metrics.json       per method: in-domain and OOD accuracy, LCS, answer consistency,
                        per-domain accuracy, gain over ERM-SFT, each with its interval
+    distill.log        the library's log records of every session on this folder
 
 Every stage is resumable: a rerun with the same configuration skips finished stages
 and runs, continues an interrupted one from its last checkpoint and rewrites
@@ -44,7 +45,7 @@ logger = logging.getLogger(__name__)
 # Configuration sections that may change between a run and its resumption: where and
 # how it executes, and which methods and seeds are wanted (finished runs are reused).
 RESUMABLE_CHANGES = ("runtime", "train.methods", "train.seeds")
-SPLIT_LABELS = {"in_domain": "in-domain", "ood": "OOD"}
+LOG_FILE = "distill.log"
 
 
 def _comparable(config: dict) -> dict:
@@ -159,9 +160,26 @@ def aggregate(config: DistillConfig, results: dict[str, list[dict]], train_domai
 
 
 def run_distill(config: DistillConfig, progress: bool = True) -> dict:
-    """Run (or resume) the whole distillation and write ``metrics.json``; return its contents."""
-    began = time.perf_counter()
+    """Run (or resume) the whole distillation and write ``metrics.json``; return its contents.
+
+    The library's log records of the run are mirrored to ``distill.log`` in the output folder.
+    """
     out = check_output_dir(config)
+    handler = logging.FileHandler(out / LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    package_logger = logging.getLogger("iga_theory")
+    package_logger.addHandler(handler)
+    try:
+        return _run_distill(config, out, progress)
+    finally:
+        package_logger.removeHandler(handler)
+        handler.close()
+
+
+def _run_distill(config: DistillConfig, out: Path, progress: bool) -> dict:
+    began = time.perf_counter()
+    logger.info("iga distill in %s: configuration %s (config.json), methods %s, seeds %s", out,
+                config_hash(config_to_dict(config)), config.train.methods, config.train.seeds)
     if config.runtime.threads:
         torch.set_num_threads(config.runtime.threads)
     device = resolve_device(config.runtime.device)

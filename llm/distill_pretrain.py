@@ -38,8 +38,8 @@ from iga_theory.llm.isomers_lexicons import ALL_DOMAINS, get_lexicon
 
 logger = logging.getLogger(__name__)
 
-# Range of the operands of the arithmetic facts; the quantitative skeletons draw
-# rates, times and counts of this size (their products and sums reach a few hundred).
+# Range of the operands of the arithmetic facts. The quantitative skeletons draw rates,
+# times and counts of this size, and their products and sums reach a few hundred.
 ARITHMETIC_RANGE = (1, 30)
 PERCENTS = (10, 20, 25, 30, 40, 50, 60, 70, 75, 80, 90)
 # Shares of recap paragraphs among paragraphs and of arithmetic facts among the other sentences.
@@ -55,7 +55,7 @@ def _capitalise(text: str) -> str:
 
 
 def _domain_sentence(rng: np.random.Generator, domain: str) -> str:
-    """One generic statement in ``domain``'s lexicon."""
+    """Draw one generic statement in ``domain``'s lexicon."""
     lex = get_lexicon(domain)
     pick = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
     n = int(rng.integers(2, 60))
@@ -79,7 +79,7 @@ def _domain_sentence(rng: np.random.Generator, domain: str) -> str:
 
 
 def _arithmetic_sentence(rng: np.random.Generator) -> str:
-    """One arithmetic fact with small operands."""
+    """Draw one arithmetic fact with small operands."""
     low, high = ARITHMETIC_RANGE
     a, b = int(rng.integers(low, high + 1)), int(rng.integers(low, high + 1))
     kind = int(rng.integers(5))
@@ -109,9 +109,9 @@ def generic_corpus(n_sentences: int, seed: int = 0, domains=ALL_DOMAINS) -> list
     """Generate about ``n_sentences`` generic sentences (see the module docstring), in short paragraphs.
 
     A paragraph is 1 to 6 sentences of mixed domains and arithmetic, or (one time in
-    four) a recap paragraph: statements of one domain followed by "So" and one of them
-    repeated, the kind of repetition from which a language model learns to copy from
-    its context. Deterministic in ``(n_sentences, seed, domains)``.
+    four) a recap paragraph: statements of one domain, then "So" and one of them again.
+    Such repetition is what teaches a language model to copy from its context.
+    Deterministic in ``(n_sentences, seed, domains)``.
     """
     n_sentences = check_positive_int("n_sentences", n_sentences)
     rng = np.random.default_rng([seed, 0x5EED])
@@ -256,7 +256,7 @@ def pretrain(model, tokenizer, config: PretrainConfig, run_dir: str | Path, devi
     start = 0
     saved = manager.load()
     if saved is not None:
-        start, parts = saved
+        start, parts, _ = saved
         load_trainable_state(model, parts["model"])
         optimizer.load_state_dict(parts["optimizer"])
         scheduler.load_state_dict(parts["scheduler"])

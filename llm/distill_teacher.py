@@ -45,7 +45,7 @@ def item_key(item: IsomerItem) -> str:
 
 
 def cut_after_answer(text: str) -> str:
-    """The generation up to the end of the line holding its last ``Answer:`` marker."""
+    """Cut a generation after the line that contains its last ``Answer:`` marker."""
     start = text.lower().rfind(ANSWER_MARKER.lower())
     if start < 0:
         return text.strip()

@@ -70,7 +70,7 @@ def load_base_model(name_or_path: str | Path, dtype: str, device: torch.device):
 
 
 def build_student(config: DistillConfig, base_path: str | Path, seed: int, device: torch.device):
-    """The base model with a fresh LoRA adapter, initialised from ``seed``."""
+    """Load the base model and attach a fresh LoRA adapter initialised from ``seed``."""
     from peft import LoraConfig, get_peft_model
 
     base = load_base_model(base_path, config.model.dtype, device)
@@ -87,7 +87,7 @@ def build_student(config: DistillConfig, base_path: str | Path, seed: int, devic
 
 def make_step_batch(data: DistillData, sets_per_step: int, step: int, seed: int, pad_id: int,
                     device: torch.device) -> tuple[StepBatch, dict]:
-    """The minibatches of step ``step``: ``sets_per_step`` isomer sets, each in every training domain.
+    """Assemble the minibatches of step ``step``: ``sets_per_step`` isomer sets in every training domain.
 
     Returns the batch (rows grouped by domain, the sets in the same order in every
     domain) and its position in the epoch sequence of the sets (for the log).
@@ -160,11 +160,11 @@ def train_run(config: DistillConfig, data: DistillData, tokenizer, base_path: st
     start = 0
     saved = manager.load()
     if saved is not None:
-        start, parts = saved
+        start, parts, folder = saved
         load_trainable_state(model, parts["model"])
         method.optimizer.load_state_dict(parts["optimizer"])
         method.scheduler.load_state_dict(parts["scheduler"])
-        method.load_extra_state(parts["method"])
+        method.load_extra_state(parts["method"], folder)
         restore_rng_state(parts["rng"])
         logger.info("%s seed %d resumes at step %d", method_name, seed, start)
     log.truncate_after(start - 1)
@@ -188,7 +188,7 @@ def train_run(config: DistillConfig, data: DistillData, tokenizer, base_path: st
                     "model": trainable_state(model), "optimizer": method.optimizer.state_dict(),
                     "scheduler": method.scheduler.state_dict(), "method": method.extra_state(),
                     "rng": capture_rng_state(),
-                })
+                }, write_files=method.save_state_files)
     finally:
         log.close()
         method.close()

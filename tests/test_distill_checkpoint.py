@@ -122,11 +122,18 @@ def test_manager_saves_points_and_prunes(tmp_path):
     assert manager.load() is None
     for step in (5, 10, 15):
         manager.save(step, {"a": {"x": torch.tensor([float(step)])}})
-    step, parts = manager.load()
+    step, parts, folder = manager.load()
     assert step == 15
+    assert folder.name == "step-00000015"
     assert parts["a"]["x"].item() == 15.0
     assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000010", "step-00000015"]
     assert json.loads((tmp_path / LATEST_FILE).read_text()) == {"step": 15}
+
+
+def test_manager_adds_component_files(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    manager.save(2, {"a": {}}, write_files=lambda folder: (folder / "extra.bin").write_bytes(b"x"))
+    assert (manager.load()[2] / "extra.bin").read_bytes() == b"x"
 
 
 def test_manager_ignores_unreferenced_folder(tmp_path):

@@ -34,7 +34,7 @@ def setup():
     config = load_distill_config(overrides={
         "model": {"hidden_size": 32, "n_layers": 2, "n_heads": 2, "intermediate_size": 64},
         "lora": {"r": 4, "dropout": 0.0}, "train": {"steps": 10, "sets_per_step": 2, "warmup_steps": 0},
-        "baselines": {"vrex_anneal_steps": 2},
+        "baselines": {"vrex_anneal_steps": 2}, "iga": {"remedy": "ema", "rho": 0.9},
     })
     base = build_tiny_model(config.model, tokenizer)
     return items, tokenizer, data, config, base
@@ -43,7 +43,8 @@ def setup():
 def student(setup, seed=0):
     _, _, _, config, base = setup
     torch.manual_seed(seed)
-    lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=0.0, target_modules="all-linear")
+    lora = LoraConfig(r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=0.0,
+                      target_modules=["q_proj", "v_proj", "down_proj"])
     model = get_peft_model(copy.deepcopy(base), lora)
     # Non-zero B, so that every LoRA factor has a gradient from the first step.
     with torch.no_grad():
@@ -206,12 +207,13 @@ def test_method_state_resume_is_exact(setup, tmp_path, name):
     for part, obj in (("model", trainable_state(first.model)), ("optimizer", first.optimizer.state_dict()),
                       ("scheduler", first.scheduler.state_dict()), ("method", first.extra_state())):
         save_part(tmp_path, part, obj)
+    first.save_state_files(tmp_path)
 
     second = make_method(name, student(setup, seed=1), domains, config)
     load_trainable_state(second.model, load_part(tmp_path, "model"))
     second.optimizer.load_state_dict(load_part(tmp_path, "optimizer"))
     second.scheduler.load_state_dict(load_part(tmp_path, "scheduler"))
-    second.load_extra_state(load_part(tmp_path, "method"))
+    second.load_extra_state(load_part(tmp_path, "method"), tmp_path)
     for method in (first, second):
         method.step(batch(setup, 2), 2)
         method.close()

@@ -14,7 +14,8 @@ import pytest
 from safetensors.torch import load_file
 
 # A short run: a tiny model, 4 pre-training steps, ERM and IGA for 24 steps each with a
-# checkpoint every 4 steps, LoRA dropout on so that the generator state matters.
+# checkpoint every 4 steps, LoRA dropout on so that the generator state matters, and
+# IGA's moving averages on so that its state matters.
 CONFIG = {
     "model": {"hidden_size": 32, "n_layers": 2, "n_heads": 2, "intermediate_size": 64},
     "tokenizer": {"vocab_size": 320},
@@ -22,6 +23,7 @@ CONFIG = {
     "lora": {"r": 4, "dropout": 0.1, "target_modules": ["q_proj", "v_proj", "down_proj"]},
     "data": {"n_sets": 24, "skeletons": ["modus_tollens", "rate_inverse"], "max_eval_sets": 2},
     "train": {"methods": ["erm", "iga"], "steps": 24, "sets_per_step": 2, "warmup_steps": 2, "checkpoint_every": 4},
+    "iga": {"remedy": "ema", "rho": 0.9},
     "eval": {"max_new_tokens": 8, "n_bootstrap": 200},
     "runtime": {"device": "cpu", "threads": 1},
 }
@@ -112,4 +114,5 @@ def test_adapter_loads_with_plain_peft(tmp_path):
     assert len(loaded) == len(saved) > 0
     for key, value in saved.items():
         match = [v for k, v in loaded.items() if k.replace(".default", "") == key]
-        assert len(match) == 1 and (match[0] == value).all(), key
+        assert len(match) == 1, key
+        assert (match[0] == value).all(), key

@@ -101,7 +101,8 @@ def test_hf_teacher_end_to_end_with_local_model(tmp_path, items):
     tokenizer.save_pretrained(tmp_path / "teacher")
     teacher = HFTeacher(str(tmp_path / "teacher"), max_new_tokens=6)
     texts = teacher([items[0].question, items[1].question])
-    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    assert len(texts) == 2
+    assert all(isinstance(t, str) for t in texts)
     summary = run_teacher(items, teacher, tmp_path / "out.jsonl", batch_size=8, progress=False)
     # A random model writes no verified answer: every answered item is rejected.
     assert summary.kept == 0
