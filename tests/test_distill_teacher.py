@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from iga_theory.cli import main
+
 from iga_theory.llm.distill_config import ModelConfig
 from iga_theory.llm.distill_pretrain import build_tiny_model, generic_corpus
 from iga_theory.llm.distill_teacher import HFTeacher, cut_after_answer, item_key, read_cache, run_teacher
@@ -93,7 +95,7 @@ def test_cut_after_answer():
     assert cut_after_answer("no marker here\n") == "no marker here"
 
 
-def test_hf_teacher_end_to_end_with_local_model(tmp_path, items):
+def test_hf_teacher_end_to_end_with_local_model(tmp_path, items, capsys):
     # A tiny random model saved locally and loaded through from_pretrained, as a user's teacher would be.
     tokenizer = train_tokenizer(generic_corpus(200) + [i.question for i in items], 320)
     model = build_tiny_model(ModelConfig(hidden_size=32, n_layers=1, n_heads=2, intermediate_size=64), tokenizer)
@@ -112,6 +114,14 @@ def test_hf_teacher_end_to_end_with_local_model(tmp_path, items):
     assert not any(r["verified"] for r in records)
     with pytest.raises(ValueError, match="chat template"):
         HFTeacher(str(tmp_path / "teacher"), chat_template=True)
+
+    # The command line runs the same path and prints the counts.
+    write_jsonl(items, tmp_path / "items.jsonl")
+    status = main(["teacher", "--model", str(tmp_path / "teacher"), "--items", str(tmp_path / "items.jsonl"),
+                   "--out", str(tmp_path / "cli.jsonl"), "--max-new-tokens", "4", "--device", "cpu", "--no-progress"])
+    assert status == 0
+    assert f"rejected {summary.rejected}" in capsys.readouterr().out
+    assert len(load_jsonl(tmp_path / "cli.jsonl")) == summary.copied
 
 
 def test_write_then_load_roundtrip_of_teacher_output(tmp_path, items):
