@@ -11,7 +11,7 @@ from peft import LoraConfig, get_peft_model
 from iga_theory.llm.distill_checkpoint import (
     load_part, load_trainable_state, save_part, trainable_state,
 )
-from iga_theory.llm.distill_config import ModelConfig, load_distill_config
+from iga_theory.llm.distill_config import load_distill_config
 from iga_theory.llm.distill_data import prepare_data
 from iga_theory.llm.distill_methods import METHODS, domain_losses, make_method, token_losses
 from iga_theory.llm.distill_pretrain import build_tiny_model, generic_corpus

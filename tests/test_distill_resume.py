@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from safetensors.torch import load_file
 
 # A short run: a tiny model, 4 pre-training steps, ERM and IGA for 24 steps each with a
