@@ -17,4 +17,5 @@ REGISTRY: dict[str, str] = {
     "thin_retraction": "iga_theory.benchmarks.operators:bench_thin_retraction",
     "montecarlo_bernstein": "iga_theory.benchmarks.montecarlo:bench_bernstein",
     "montecarlo_training": "iga_theory.benchmarks.montecarlo:bench_training",
+    "lora_step": "iga_theory.llm.lora_bench:bench_lora_step",
 }

@@ -13,12 +13,17 @@ AdamW step.
 
 Targets (ratios to ``plain``): ``<= 1.15`` for the tangent mode and ``<= 1.6`` for the
 full mode; the naive way must be slower than the full mode (ratio naive / full >= 1).
+On CPU the ratios are of process CPU time with one torch thread, because on a shared
+machine the wall clock of one step varied by a factor of 2 between repeats; the
+wall-clock times (default threads) are recorded beside them as ``wall_*``.
 The model is a Llama-style model built from a config with random weights
 (`lora_models.tiny_lora_model`), LoRA on ``q_proj`` and ``v_proj``; on a machine with
 CUDA the model runs there in bfloat16.
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +102,19 @@ def _naive_step(model, optimizer, x, ids, K):
     return step
 
 
+def time_cpu_side_by_side(functions: dict, repeats: int) -> dict[str, float]:
+    """Least process CPU time of each function over ``repeats`` interleaved rounds (after one warm-up)."""
+    for function in functions.values():
+        function()
+    best = {name: float("inf") for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.process_time()
+            function()
+            best[name] = min(best[name], time.process_time() - start)
+    return best
+
+
 def bench_lora_step(profile: str = "full", repeats: int | None = None) -> list[dict]:
     """Time one IGA LoRA step (tangent and full modes, and the naive way) against plain LoRA."""
     check_profile(profile)
@@ -124,11 +142,25 @@ def bench_lora_step(profile: str = "full", repeats: int | None = None) -> list[d
     steps["naive"] = _naive_step(model, _adamw(model), x, ids, K)
 
     timed = {name: (lambda step=step: (step(), synchronize())) for name, step in steps.items()}
-    times = time_side_by_side(timed, repeats)
+    if device == "cpu":
+        # Process CPU time with one thread: other processes on a shared machine do not
+        # count, and no thread pool spins while it waits.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            times = time_cpu_side_by_side(timed, repeats)
+        finally:
+            torch.set_num_threads(threads)
+        wall = time_side_by_side(timed, repeats)
+        times.update({f"wall_{name}": value for name, value in wall.items()})
+        clock = "process CPU time, 1 thread"
+    else:
+        times = time_side_by_side(timed, repeats)
+        clock = "wall clock"
     for processor in processors.values():
         processor.detach()
 
-    sizes.update(device=device, target_modules=["q_proj", "v_proj"], placement="update", remedy="ema")
+    sizes.update(device=device, target_modules=["q_proj", "v_proj"], placement="update", remedy="ema", clock=clock)
     machine = machine_info()
     dtype_name = str(dtype).replace("torch.", "")
     note = ("a tiny model spends most of its step in Python and framework overhead, which the "
