@@ -7,7 +7,7 @@ AdamW step.
 * ``plain``: PEFT LoRA with the model's own token-mean loss;
 * ``tangent`` and ``full``: `LoraIGAProcessor` in that mode with the default
   configuration (placement ``update``, EMA remedy), through `LoraIGAOptimizer`;
-* ``naive``: the direct way to get the full mode's numbers: one forward pass, one
+* ``naive``: the direct way to get the full mode's numbers. One forward pass, then one
   backward pass per domain for the dense gradient of every LoRA layer's weight, the
   mask, a dense SVD per layer, the chain rule to the factors and the AdamW step.
 
@@ -103,7 +103,7 @@ def _naive_step(model, optimizer, x, ids, K):
 
 
 def time_cpu_side_by_side(functions: dict, repeats: int) -> dict[str, float]:
-    """Least process CPU time of each function over ``repeats`` interleaved rounds (after one warm-up)."""
+    """Return the minimum process CPU time of each function over ``repeats`` interleaved rounds, after one warm-up."""
     for function in functions.values():
         function()
     best = {name: float("inf") for name in functions}

@@ -12,9 +12,9 @@ Evaluation on an unseen domain (a new permutation), with rule-following sequence
 * ``shared_loss``: mean token loss on sequences of shared tokens (what every domain
   agrees on; lower is better, 0 is perfect);
 * ``domain_loss``: mean token loss on sequences of domain tokens. The invariant
-  predictor puts probability ``1 / n`` on each domain token, ``log n``; a model that
-  learnt the training domains' permutations puts its mass on their successors and
-  does worse than that on a new permutation.
+  predictor puts probability ``1 / n`` on each domain token and scores ``log n``. A
+  model that learnt the training domains' permutations puts its mass on their
+  successors, so it does worse than that on a new permutation.
 
 Runs: plain LoRA (the ERM baseline) and IGA in both placements, all under AdamW with
 the same seed, data and learning rate. Run ``python -m iga_theory.llm.lora_study`` to
@@ -40,7 +40,7 @@ ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 
 def make_domains(n: int, n_domains: int, seed: int) -> list[torch.Tensor]:
-    """One random permutation of ``0 .. n-1`` per domain (the last one is held out)."""
+    """Draw one random permutation of ``0 .. n-1`` per domain (the last one is held out)."""
     generator = torch.Generator().manual_seed(seed)
     return [torch.randperm(n, generator=generator) for _ in range(n_domains)]
 
@@ -81,9 +81,8 @@ def masked_share(processor: LoraIGAProcessor, outcomes: dict, before: dict, thre
 
     ``||move[m < threshold]|| / ||move||`` over all layers, with the move
     ``s (dB A + B dA)`` expressed in each layer's tangent coordinates at the old point
-    (mode ``tangent``). A placement that honours the mask gives at most ``threshold``
-    times the unmasked move's share there; one that Adam undoes gives about the share
-    of such coordinates.
+    (mode ``tangent``). A placement that honours the mask shrinks the moves there by
+    their mask values. Where Adam undoes the mask, they stay about as large as the rest.
     """
     from iga_theory.llm.lora_operator import domain_vectors
 
