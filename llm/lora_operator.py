@@ -80,9 +80,11 @@ PROJECTIONS = ("auto", "exact", "randomized")
 AUTO_RANDOMIZED_SHARE = 0.25
 REMEDIES = ("ema", "none")
 NAN_POLICIES = ("raise", "skip")
-# Default placement for LoRA under AdamW, chosen by measurement (docs/llm.md, "Placement").
+# Default placement for LoRA under AdamW: under AdamW it kept 4.5 to 6.5 times less of
+# each step on masked coordinates than "gradient" (docs/llm.md, "The default placement").
 DEFAULT_PLACEMENT = "update"
-# Default mode, chosen by the step-time benchmark (docs/llm.md, "Modes").
+# Default mode: cheaper than "full" in the step-time benchmark and K (p + q) r instead of
+# K p q statistics per layer (docs/llm.md, "Step time").
 DEFAULT_MODE = "tangent"
 
 

@@ -28,9 +28,10 @@ and backward hooks compute them per domain at the cost of the adapter's own matm
 and ``Q_U``, ``Q_V`` are applied in Householder form (``torch.ormqr``) without ever
 forming a ``p x p`` or ``q x q`` matrix.
 
-Rank. Singular values below ``RANK_RTOL * max(shape) * eps(float32) * sigma_max``
-count as zero, so ``B = 0`` (PEFT's initialisation) gives ``k_B = 0``, ``U`` empty
-and ``U_perp = I``: every map below stays finite and no solve is singular.
+Rank. Singular values below ``RANK_RTOL * max(shape) * eps * sigma_max``, with ``eps``
+of the working dtype, count as zero. So ``B = 0`` (PEFT's initialisation) gives
+``k_B = 0``, ``U`` empty and ``U_perp = I``, and every map below stays finite with
+no singular solve.
 
 All factorisations run in float32 (or float64 when the factors are float64)
 whatever the model's dtype, because LAPACK has no bfloat16 or float16 SVD.
