@@ -139,12 +139,9 @@ class IGASettings:
                               "for the K domains of the step", low=1e-12, high=1e12)
     kappa0: float = field(20.0, "scale-free sharpness of the mask", low=1e-3, high=1e4)
     m_min: float = field(0.0, "floor of the mask", low=0.0, high=0.999999)
-    # NOTE: with remedy "ema" the LoRA processor steps along the moving averages of the
-    # per-domain means, not only masks with them. On the tiny-cpu data (AdamW, lr 1e-2,
-    # 40 steps, held-out loss from 4.6) that ended at 5.4 with rho = 0.9 and 6.1 with
-    # rho = 0.99, against 3.1 for remedy "none" and for ERM; hence "none" here.
-    remedy: str = field("none", "minibatch-noise remedy of the LoRA processor: EMA of the per-domain mean "
-                        "gradients (used for the mask and for the step), or none", choices=("ema", "none"))
+    remedy: str = field("ema", "minibatch-noise remedy of the LoRA processor: the mask is computed from an "
+                        "EMA of the per-domain mean gradients ('ema') or from each step's means ('none'); "
+                        "the masked direction is always the step's mean gradient", choices=("ema", "none"))
     rho: float = field(0.99, "EMA rate of the per-domain means (remedy 'ema'); about (1 + rho) / (1 - rho) "
                        "steps are averaged", low=0.0, high=0.999999)
     placement: str = field("update", "apply the mask to the gradient or to AdamW's update "

@@ -216,13 +216,21 @@ class LayerOutcome:
     projection_residual: float = float("nan")
 
 
-def masked_moments(vectors: torch.Tensor, config: LoraIGAConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cross-domain ``mu``, ``s2`` and the mask of ``(K, P)`` per-domain vectors."""
-    K = vectors.shape[0]
+def masked_moments(vectors: torch.Tensor, config: LoraIGAConfig,
+                   mask_vectors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cross-domain ``mu`` of ``(K, P)`` per-domain vectors, and ``s2`` and the mask.
+
+    ``mask_vectors`` (shape ``(K', P)``, for example moving averages of the per-domain
+    means) set ``s2`` and the mask when given; ``mu``, the direction that is masked, is
+    always the mean of ``vectors``, so the step stays an unbiased minibatch gradient.
+    """
+    source = vectors if mask_vectors is None else mask_vectors
+    K = source.shape[0]
     tau = config.tau if config.tau is not None else cached_default_tau(K, config.variance)
-    mu, s2 = mask_torch.cross_domain_moments(vectors, variance=config.variance)
-    mask = mask_torch.mask_from_moments(mu, s2, K, tau=tau, kappa0=config.kappa0, m_min=config.m_min,
+    mu_source, s2 = mask_torch.cross_domain_moments(source, variance=config.variance)
+    mask = mask_torch.mask_from_moments(mu_source, s2, K, tau=tau, kappa0=config.kappa0, m_min=config.m_min,
                                         eps_rel=config.eps_rel, variance=config.variance)
+    mu = mu_source if mask_vectors is None else vectors.mean(dim=0)
     return mu, s2, mask
 
 
@@ -299,9 +307,12 @@ GRADIENT_OPERATORS = {"full": _full_gradient, "tangent": _tangent_gradient}
 
 
 def layer_gradients(ref: LoraLayerRef, vectors: torch.Tensor, basis: TangentBasis | None,
-                    config: LoraIGAConfig) -> LayerOutcome:
-    """Run the operator of ``config.mode`` on one layer's ``(K, P)`` per-domain vectors."""
-    mu, _, mask = masked_moments(vectors, config)
+                    config: LoraIGAConfig, mask_vectors: torch.Tensor | None = None) -> LayerOutcome:
+    """Run the operator of ``config.mode`` on one layer's ``(K, P)`` per-domain vectors.
+
+    ``mask_vectors`` set the mask when given (see `masked_moments`).
+    """
+    mu, _, mask = masked_moments(vectors, config, mask_vectors)
     return GRADIENT_OPERATORS[config.mode](ref, basis, mu, mask, config)
 
 

@@ -13,8 +13,10 @@ into that list. Each batch carries ``domain_ids``: shape ``(batch,)`` for one do
 per sequence, or ``(batch, seq_len)`` for one per position (packed sequences with a
 block-diagonal attention mask). Id ``-1`` excludes a sequence or position. A batch
 should contain all domains of each isomer set. A domain without loss tokens in a
-whole optimizer step drops out of that step's statistics, although with the EMA
-remedy its previous average stays in. Fewer than 2 domains is an error.
+whole optimizer step drops out of that step's mean gradient, although with the EMA
+remedy its previous average still enters the mask. The mask comes from the averages
+(remedy ``ema``) or from the step's means (``none``); the masked direction is always
+the mean of the step's per-domain gradients. Fewer than 2 domains is an error.
 
 Plain loop, placement ``update`` (the default) or ``gradient``::
 
@@ -324,22 +326,26 @@ class LoraIGAProcessor:
             means = {key: value.to(dtype) for key, value in statistics.means(ref.name).items()}
             vectors = domain_vectors(config.mode, means, basis)
 
-            active = present
+            # The mask comes from the moving averages (remedy "ema") or from this step's
+            # vectors; the masked direction mu is always the mean of this step's vectors.
+            mask_vectors, active = None, present
             if config.remedy == "ema":
                 ema = self.ema.get(ref.name) or DomainEMA(config.rho, self.n_domains)
-                vectors, active, new_ema[ref.name] = ema.blend(config.mode, basis, vectors, present)
-            n_active = int(active.sum())
-            if n_active < 2:
+                mask_vectors, active, new_ema[ref.name] = ema.blend(config.mode, basis, vectors, present)
+            n_present = int(present.sum())
+            if n_present < 2:
                 raise ValueError(
-                    f"only {n_active} domain(s) had loss tokens in this optimizer step ({self._counts_text(statistics)}); "
+                    f"only {n_present} domain(s) had loss tokens in this optimizer step ({self._counts_text(statistics)}); "
                     "IGA needs at least 2: put all domains of each isomer set into every step's batches"
                 )
-            vectors = vectors[active.to(vectors.device)]
+            vectors = vectors[present.to(vectors.device)]
+            if mask_vectors is not None:
+                mask_vectors = mask_vectors[active.to(mask_vectors.device)]
 
             if config.placement == "gradient":
-                outcome = layer_gradients(ref, vectors, basis, config)
+                outcome = layer_gradients(ref, vectors, basis, config, mask_vectors)
             else:
-                mu, _, mask = masked_moments(vectors, config)
+                mu, _, mask = masked_moments(vectors, config, mask_vectors)
                 grad_B, grad_A = plain_gradients(ref, mu, basis, config.mode)
                 outcome = LayerOutcome(grad_B=grad_B, grad_A=grad_A, mask=mask, mu=mu)
             outcomes[ref.name] = outcome

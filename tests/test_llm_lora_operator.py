@@ -345,3 +345,22 @@ def test_tangent_direction_matches_dense_coordinates():
     U, V = basis.U.Y, basis.V.Y
     projected = G @ V @ V.T + U @ U.T @ G @ (torch.eye(G.shape[1], dtype=G.dtype) - V @ V.T)
     assert torch.allclose(tangent_direction(basis, flat).dense(), projected, atol=1e3 * EPS64)
+
+
+def test_averaged_mask_keeps_step_direction():
+    """With separate mask vectors, the mask follows them and mu stays the step's own mean."""
+    from iga_theory.llm.lora_operator import masked_moments
+    from iga_theory.mask_torch import conflict_mask
+
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.randn(4, 50, dtype=torch.float64, generator=generator)
+    averages = torch.randn(4, 50, dtype=torch.float64, generator=generator) + 1.0
+    config = LoraIGAConfig()
+
+    mu, _, mask = masked_moments(vectors, config, averages)
+
+    torch.testing.assert_close(mu, vectors.mean(dim=0), rtol=0, atol=1e-15)
+    torch.testing.assert_close(mask, conflict_mask(averages), rtol=1e-12, atol=1e-15)
+    own_mu, _, own_mask = masked_moments(vectors, config)
+    torch.testing.assert_close(own_mu, mu, rtol=0, atol=1e-15)
+    assert not torch.allclose(own_mask, mask)
