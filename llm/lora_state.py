@@ -29,7 +29,7 @@ from iga_theory.config import from_dict, to_dict
 from iga_theory.llm.lora_operator import LoraIGAConfig
 from iga_theory.llm.lora_processor import DomainEMA, LoraIGAProcessor
 from iga_theory.nan_policy import NanGuard
-from iga_theory.runs import atomic_write_bytes, atomic_write_json
+from iga_theory.runs import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 
 STATE_TENSORS = "iga_state.safetensors"
 STATE_JSON = "iga_state.json"
@@ -40,6 +40,8 @@ def save_iga_state(processor: LoraIGAProcessor, folder: str | Path) -> Path:
     """Write the processor's state to ``folder`` (created if needed); return the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    # A save of this folder that was killed midway left its temporary files behind.
+    remove_stale_temporaries(folder, (STATE_TENSORS, STATE_JSON))
     tensors = {}
     for name, ema in processor.ema.items():
         tensors[f"ema/{name}/seen"] = ema.seen.contiguous()
