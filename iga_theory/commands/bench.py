@@ -1,19 +1,24 @@
-"""``iga bench``: run the performance benchmarks and write ``DIR/bench.json``."""
+"""``iga bench``: run the performance benchmarks and write ``DIR/bench.json``.
+
+Each finished benchmark's records are stored in a run folder under ``DIR/runs/``
+(named by the profile, the repeats and the benchmark list), so an interrupted run
+skips the benchmarks it already finished when it is started again.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
-import os
-import tempfile
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from iga_theory.benchmarks import REGISTRY
 from iga_theory.benchmarks.core import PROFILES, RECORD_KEYS, check_profile
+from iga_theory.config import config_hash
+from iga_theory.runs import RunFolder, atomic_write_json, ensure_writable_dir
 
 logger = logging.getLogger(__name__)
 
@@ -26,39 +31,45 @@ def load_benchmark(name: str):
     return getattr(importlib.import_module(module_name), function_name)
 
 
+def _run_one(name: str, profile: str, repeats: int | None) -> dict:
+    """Records of one benchmark, checked for the keys every record must have."""
+    function = load_benchmark(name)
+    logger.info("running benchmark %s (profile %s)", name, profile)
+    options = {"profile": profile} if repeats is None else {"profile": profile, "repeats": repeats}
+    records = list(function(**options))
+    for record in records:
+        missing = [key for key in RECORD_KEYS if key not in record]
+        if missing:
+            raise ValueError(f"benchmark {name!r} returned a record without the keys {missing}")
+    return {"records": records}
+
+
 def run_benchmarks(names: list[str] | None = None, profile: str = "full", repeats: int | None = None,
-                   progress: bool = True) -> list[dict]:
-    """Run the named benchmarks (all when None) at ``profile`` sizes; return their records."""
+                   progress: bool = True, run_root: str | Path | None = None) -> list[dict]:
+    """Run the named benchmarks (all when None) at ``profile`` sizes; return their records.
+
+    With ``run_root``, each finished benchmark is stored in a run folder there and is
+    not run again when the same call is repeated.
+    """
     check_profile(profile)
     names = list(REGISTRY) if names is None else names
     for name in names:
         if name not in REGISTRY:
             raise ValueError(f"unknown benchmark {name!r}; known: {sorted(REGISTRY)}")
+    run = None
+    if run_root is not None:
+        identity = {"profile": profile, "repeats": repeats, "names": names}
+        run = RunFolder(run_root, "bench", identity, config_hash(identity))
+
     records = []
     for name in tqdm(names, desc="benchmarks", unit="benchmark", disable=not progress):
-        function = load_benchmark(name)
-        logger.info("running benchmark %s (profile %s)", name, profile)
-        options = {"profile": profile} if repeats is None else {"profile": profile, "repeats": repeats}
-        for record in function(**options):
-            missing = [key for key in RECORD_KEYS if key not in record]
-            if missing:
-                raise ValueError(f"benchmark {name!r} returned a record without the keys {missing}")
-            records.append(record)
+        if run is None:
+            records += _run_one(name, profile, repeats)["records"]
+        else:
+            records += run.cached(name, _run_one, name, profile, repeats)["records"]
+    if run is not None:
+        run.mark_done()
     return records
-
-
-def write_json_atomic(path: Path, payload) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def _positive_int(text: str) -> int:
@@ -90,12 +101,17 @@ def register(subparsers) -> None:
 
 def main(args) -> int:
     if args.quick and args.profile not in (None, "quick"):
-        print(f"error: --quick conflicts with --profile {args.profile}")
+        print(f"iga bench: error: --quick conflicts with --profile {args.profile}", file=sys.stderr)
         return 2
     profile = "quick" if args.quick else (args.profile or "full")
-    records = run_benchmarks(args.only, profile=profile, repeats=args.repeats)
-    path = args.out / "bench.json"
-    write_json_atomic(path, records)
+    try:
+        out = ensure_writable_dir(args.out)
+    except OSError as error:
+        print(f"iga bench: error: {error}", file=sys.stderr)
+        return 2
+    records = run_benchmarks(args.only, profile=profile, repeats=args.repeats, run_root=out / "runs")
+    path = out / "bench.json"
+    atomic_write_json(path, records)
 
     width = max(len(record["name"]) for record in records)
     for record in records:
