@@ -2,7 +2,8 @@
 
 Each finished benchmark's records are stored in a run folder under ``DIR/runs/``
 (named by the profile, the repeats and the benchmark list), so an interrupted run
-skips the benchmarks it already finished when it is started again.
+skips the benchmarks it already finished when it is started again. A run that
+completed is measured anew.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -48,8 +50,9 @@ def run_benchmarks(names: list[str] | None = None, profile: str = "full", repeat
                    progress: bool = True, run_root: str | Path | None = None) -> list[dict]:
     """Run the named benchmarks (all when None) at ``profile`` sizes; return their records.
 
-    With ``run_root``, each finished benchmark is stored in a run folder there and is
-    not run again when the same call is repeated.
+    With ``run_root``, each finished benchmark is stored in a run folder there; when
+    the same call is repeated after an interruption, the finished benchmarks are not run
+    again. A run that completed is measured anew.
     """
     check_profile(profile)
     names = list(REGISTRY) if names is None else names
@@ -60,6 +63,10 @@ def run_benchmarks(names: list[str] | None = None, profile: str = "full", repeat
     if run_root is not None:
         identity = {"profile": profile, "repeats": repeats, "names": names}
         run = RunFolder(run_root, "bench", identity, config_hash(identity))
+        if run.complete:
+            # A finished run is measured again: only an interrupted one is resumed.
+            shutil.rmtree(run.path)
+            run = RunFolder(run_root, "bench", identity, config_hash(identity))
 
     records = []
     for name in tqdm(names, desc="benchmarks", unit="benchmark", disable=not progress):
