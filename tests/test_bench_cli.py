@@ -91,3 +91,29 @@ def test_make_record_pass_rule():
     assert record["note"] == ""
     with pytest.raises(ValueError, match="comparison must be one of"):
         make_record("x", 1.0, 1.0, "<", {}, "float32", {}, "d", machine=machine)
+
+
+def test_interrupted_bench_resumes_and_completed_reruns(tmp_path, monkeypatch):
+    from iga_theory.commands import bench
+
+    calls = []
+
+    def fake_run(name, profile, repeats):
+        calls.append(name)
+        return {"records": [{"name": name}]}
+
+    monkeypatch.setattr(bench, "_run_one", fake_run)
+    names = ["thin_retraction", "mask_kernel"]
+
+    # An interrupted run: the first benchmark stored, no completion marker.
+    identity = {"profile": "tiny", "repeats": None, "names": names}
+    run = bench.RunFolder(tmp_path, "bench", identity, bench.config_hash(identity))
+    run.append("thin_retraction", {"records": [{"name": "thin_retraction", "stored": True}]})
+
+    records = bench.run_benchmarks(names, profile="tiny", progress=False, run_root=tmp_path)
+    assert calls == ["mask_kernel"]
+    assert records[0] == {"name": "thin_retraction", "stored": True}
+
+    # The run is now complete, so the same call measures everything again.
+    bench.run_benchmarks(names, profile="tiny", progress=False, run_root=tmp_path)
+    assert calls == ["mask_kernel", "thin_retraction", "mask_kernel"]
