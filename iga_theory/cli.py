@@ -12,6 +12,10 @@ import importlib
 import logging
 import sys
 
+# Top-level modules of the ``llm`` extra; a command that needs a missing one gets an
+# install hint instead of a traceback.
+LLM_EXTRAS = frozenset({"transformers", "peft", "tokenizers", "accelerate"})
+
 # Subcommand name -> (module defining ``register``, one-line summary for ``iga --help``).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("iga_theory.commands.report", "run the synthetic experiments and write the PDF report"),
@@ -57,7 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None or not hasattr(args, "func"):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"\niga {args.command}: interrupted; finished work is stored in the output folder, "
+              "and running the same command again resumes from it", file=sys.stderr)
+        return 130
+    except ModuleNotFoundError as error:
+        if error.name not in LLM_EXTRAS:
+            raise
+        print(f"iga {args.command}: error: the package {error.name!r} is not installed; the LLM commands "
+              "need the llm extra: pip install -e \".[llm]\" (or pip install \"iga-theory[llm]\")",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ def field(default, help: str, *, low: float | None = None, high: float | None = 
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def _allowed_text(meta: dict) -> str:
+def _allowed_text(meta: dict, kind=None) -> str:
+    if kind is bool:
+        return "true or false"
     if meta.get("choices") is not None:
         return f"one of {list(meta['choices'])}"
     low = "-inf" if meta.get("low") is None else meta["low"]
@@ -130,7 +132,7 @@ def from_dict(cls, data: Any, prefix: str = ""):
     except (TypeError, ValueError) as error:
         if isinstance(error, ConfigError):
             raise
-        raise ConfigError(f"{prefix.rstrip('.') or 'configuration'}: {error}") from error
+        raise ConfigError(str(error)) from error
 
 
 def validate(instance) -> None:
@@ -188,5 +190,5 @@ def describe(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:
             rows += describe(inner, prefix + f.name + ".")
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append((prefix + f.name, repr(default), _allowed_text(dict(f.metadata)), f.metadata.get("help", "")))
+        rows.append((prefix + f.name, repr(default), _allowed_text(dict(f.metadata), inner), f.metadata.get("help", "")))
     return rows

@@ -165,6 +165,7 @@ def build_report(config: ReportConfig, out_dir: str | Path, seed: int = 0, progr
     if certificate is not None:
         results["theory"] = theory_summary(certificate)
         results["timing"]["sections_s"]["theory"] = time.perf_counter() - tick
+        results["timing"]["elapsed_s"] += results["timing"]["sections_s"]["theory"]
 
     from iga_theory.report_pages import render_pdf  # matplotlib only when drawing
 
@@ -188,6 +189,13 @@ def build_report(config: ReportConfig, out_dir: str | Path, seed: int = 0, progr
     return results
 
 
+# Keys that the comparison and distillation sections need in their input files.
+REQUIRED_KEYS = {
+    "compare": ("results", "benchmarks", "methods", "primary_selection", "config"),
+    "distill": ("methods", "train_domains", "heldout_domains", "config"),
+}
+
+
 def _read_optional(name: str, path) -> dict | None:
     """Read an optional input JSON file, with an error naming the option when it is unusable."""
     if path is None:
@@ -196,9 +204,14 @@ def _read_optional(name: str, path) -> dict | None:
     if not path.is_file():
         raise FileNotFoundError(f"--{name} file not found: {str(path)!r}; run `iga {name}` first or drop the option")
     try:
-        return load_results(path)
+        data = load_results(path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"--{name} file {str(path)!r} is not a readable JSON file: {error}") from error
+    missing = [key for key in REQUIRED_KEYS[name] if not isinstance(data, dict) or key not in data]
+    if missing:
+        raise ValueError(f"--{name} file {str(path)!r} lacks the keys {missing}; pass the file that "
+                         f"`iga {name}` writes")
+    return data
 
 
 def load_results(path: str | Path) -> dict:

@@ -14,6 +14,14 @@ from iga_theory.config import field, from_dict, read_config_file, to_dict
 from iga_theory.nan_policy import DEFAULT_NAN_POLICY, NAN_POLICIES
 
 
+def check_grid(key: str, grid: list[int]) -> None:
+    """Reject a sweep grid that cannot carry a log-log fit: fewer than 3 values, or not increasing."""
+    if len(grid) < 3:
+        raise ValueError(f"{key}: expected at least 3 values for a log-log fit; got {list(grid)}")
+    if any(b <= a for a, b in zip(grid, grid[1:])):
+        raise ValueError(f"{key}: expected strictly increasing values; got {list(grid)}")
+
+
 @dataclass
 class ModelConfig:
     """S1 anti-causal regression (see `iga_theory.synthetic.s1`)."""
@@ -65,6 +73,9 @@ class BoundConfig:
                             "predictors) or 'own' (each predictor's own exact range)", choices=("common", "own"))
     n_boot: int = field(2000, "bootstrap resamples for slope intervals", low=10, high=10**6)
 
+    def __post_init__(self):
+        check_grid("bound.K_grid", self.K_grid)
+
 
 @dataclass
 class RateConfig:
@@ -78,6 +89,9 @@ class RateConfig:
     ema_rate: float = field(0.9, "rate rho of the EMA of per-domain means that sets the lagged mask", low=0.0, high=0.999999)
     eta_scale: float = field(0.5, "step size at the smallest T, in units of 1/L; eta = eta_scale/L * sqrt(T_min/T)",
                              low=1e-6, high=1.0)
+
+    def __post_init__(self):
+        check_grid("rate.T_grid", self.T_grid)
 
 
 @dataclass

@@ -170,6 +170,16 @@ def _command(args: argparse.Namespace) -> int:
     return 0 if certificate["passed"] else 1
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {value}")
+    return value
+
+
 def _int_at_least_two(text: str) -> int:
     try:
         value = int(text)
@@ -193,7 +203,8 @@ def register(subparsers) -> None:
     parser.add_argument("--seeds", type=_int_at_least_two, default=None, metavar="N",
                         help="independent runs per step count of the Theorem 1 rate fit (integer >= 2; "
                              "default: 16, or 8 with --quick)")
-    parser.add_argument("--seed", type=int, default=0, help="master seed of every experiment (default: 0)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
+                        help="master seed of every experiment, an integer >= 0 (default: 0)")
     parser.add_argument("--config", default=None, metavar="FILE",
                         help="JSON or TOML file with every validate setting (overrides --quick)")
     parser.add_argument("--only", nargs="+", default=None, metavar="KEY", choices=sorted(EXPERIMENTS),
