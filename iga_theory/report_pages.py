@@ -77,18 +77,19 @@ def title_page(results: dict):
     config_lines = [f"{key} = {_fmt(value)}" for key, value in flat]
     half = (len(config_lines) + 1) // 2
     fig.text(0.04, 0.84, "Configuration", fontsize=12, fontweight="bold", va="top")
-    fig.text(0.04, 0.80, "\n".join(config_lines[:half]), fontsize=8, va="top", family="monospace")
-    fig.text(0.30, 0.80, "\n".join(config_lines[half:]), fontsize=8, va="top", family="monospace")
+    config_lines = [textwrap.shorten(line, 44, placeholder=" ...") for line in config_lines]
+    fig.text(0.04, 0.80, "\n".join(config_lines[:half]), fontsize=7.5, va="top", family="monospace")
+    fig.text(0.33, 0.80, "\n".join(config_lines[half:]), fontsize=7.5, va="top", family="monospace")
 
     versions = "\n".join(f"{k} {v or 'not installed'}" for k, v in prov["versions"].items())
     machine = prov["machine"]
-    fig.text(0.62, 0.84, "Packages", fontsize=12, fontweight="bold", va="top")
-    fig.text(0.62, 0.80, versions, fontsize=8, va="top", family="monospace")
-    fig.text(0.62, 0.48, "Machine", fontsize=12, fontweight="bold", va="top")
+    fig.text(0.66, 0.84, "Packages", fontsize=12, fontweight="bold", va="top")
+    fig.text(0.66, 0.80, versions, fontsize=8, va="top", family="monospace")
+    fig.text(0.66, 0.48, "Machine", fontsize=12, fontweight="bold", va="top")
     machine_text = "\n".join(textwrap.wrap(f"{machine['platform']}", 48) +
                              [f"processor: {machine['processor']}", f"cores: {machine['cpu_count']}",
                               f"run time: {timing.get('elapsed_s', float('nan')):.1f} s"])
-    fig.text(0.62, 0.44, machine_text, fontsize=8, va="top", family="monospace")
+    fig.text(0.66, 0.44, machine_text, fontsize=8, va="top", family="monospace")
 
     note = ("Model S1: anti-causal regression, y = w*'x_inv + noise, x_sp = beta_e y 1 + noise, "
             "beta_e drawn per domain. ERM: gradient descent on the mean gradient. IGA: the same "
@@ -145,7 +146,7 @@ def mask_page(results: dict):
     ax.set_xticks(index, [f"{'inv' if inv else 'sp'}{i}" for i, inv in enumerate(invariant)], rotation=45)
     ax.set_xlabel("coordinate (green: invariant, purple: spurious)")
     ax.set_ylabel(f"mask value (log scale; values below {MASK_LOG_FLOOR:g} drawn at it)")
-    ax.legend(loc="lower left", title="light: first step, dark: last step")
+    ax.legend(loc="center right", title="light: first step, dark: last step")
 
     ax = axes[0, 1]
     steps = np.asarray(results["training"]["steps"][: len(mask["mean_invariant"])]) + 1
@@ -216,9 +217,9 @@ def bound_page(results: dict):
     ax.set_xlabel("number of domains K (log scale)")
     ax.set_ylabel("variance term sqrt(2 V_K ln(2/delta) / K) (log scale)")
     k_star = {m: bound[m]["K_star"] for m in FIXED_TOO}
-    ax.legend(loc="lower left", fontsize=7.5,
+    ax.legend(loc="upper right", fontsize=7, title_fontsize=7,
               title=f"crossover K* at K = {int(K[-1])}: ERM {_fmt(k_star['erm'])}, ERM fixed "
-                    f"{_fmt(k_star['erm_fixed'])}, IGA {_fmt(k_star['iga'])} (null: V = 0)", title_fontsize=7.5)
+                    f"{_fmt(k_star['erm_fixed'])}, IGA {_fmt(k_star['iga'])} (null: V = 0)")
 
     ax = axes[1, 1]
     for method in ("erm", "iga"):
