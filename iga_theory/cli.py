@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # Top-level modules of the ``llm`` extra; a command that needs a missing one gets an
@@ -63,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # The reader of our output (for example `head`) closed the pipe: stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"\niga {args.command}: interrupted; finished work is stored in the output folder, "
               "and running the same command again resumes from it", file=sys.stderr)

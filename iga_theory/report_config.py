@@ -15,9 +15,9 @@ from iga_theory.nan_policy import DEFAULT_NAN_POLICY, NAN_POLICIES
 
 
 def check_grid(key: str, grid: list[int]) -> None:
-    """Reject a sweep grid that cannot carry a log-log fit: fewer than 3 values, or not increasing."""
-    if len(grid) < 3:
-        raise ValueError(f"{key}: expected at least 3 values for a log-log fit; got {list(grid)}")
+    """Reject a sweep grid that cannot carry a log-log fit: fewer than 2 values, or not increasing."""
+    if len(grid) < 2:
+        raise ValueError(f"{key}: expected at least 2 values for a log-log fit; got {list(grid)}")
     if any(b <= a for a, b in zip(grid, grid[1:])):
         raise ValueError(f"{key}: expected strictly increasing values; got {list(grid)}")
 

@@ -39,6 +39,8 @@ def test_quick_then_file(tmp_path):
     ('{"bound": {"range_mode": "max"}}', ["bound.range_mode", "'max'", "common"]),
     ('{"bound": {"K_grid": [2, 1]}}', ["bound.K_grid[1]", "1", "[2, 4096]"]),
     ('{"model": 3}', ["model", "table"]),
+    ('{"bound": {"K_grid": [4, 4, 4]}}', ["bound.K_grid", "strictly increasing", "[4, 4, 4]"]),
+    ('{"rate": {"T_grid": []}}', ["rate.T_grid", "at least 2", "[]"]),
 ])
 def test_bad_values_named(tmp_path, text, fragments):
     path = write(tmp_path, "c.json", text)

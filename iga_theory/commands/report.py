@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -18,19 +17,18 @@ def register(subparsers) -> None:
         description="Run the S1 experiments (ERM vs IGA training, Theorem 2 bound against K, "
                     "Theorem 1 rate against T) and write OUT/results.json and OUT/iga-report.pdf. "
                     "Finished cells are stored under OUT/runs/, so an interrupted run resumes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="JSON or TOML file overriding the embedded default configuration "
                              "(keys as in `iga report --show-config`)")
     parser.add_argument("--out", metavar="DIR", default="reports",
-                        help="output folder for results.json, iga-report.pdf and runs/")
-    parser.add_argument("--seed", type=int, default=0, help="master random seed (an integer >= 0)")
+                        help="output folder for results.json, iga-report.pdf and runs/ (default: reports)")
+    parser.add_argument("--seed", type=int, default=0, help="master random seed, an integer >= 0 (default: 0)")
     parser.add_argument("--quick", action="store_true",
                         help="smaller sweeps (about a minute on 2 cores); a --config file still applies")
     parser.add_argument("--theory", choices=("quick", "full", "skip"), default="quick",
                         help="run the Theorem 1-3 checks of `iga validate` with its quick or full settings "
-                             "into OUT/validate/ and add the theory pages, or skip them")
+                             "into OUT/validate/ and add the theory pages, or skip them (default: quick)")
     parser.add_argument("--compare", metavar="FILE", default=None,
                         help="compare.json written by `iga compare`; adds the baseline comparison pages")
     parser.add_argument("--distill", metavar="FILE", default=None,

@@ -196,8 +196,9 @@ def register(subparsers) -> None:
         "validate", help="run the verification experiments of Theorems 1-3 and write DIR/certificate.json",
         description=__doc__.split("\n\n")[0],
     )
-    parser.add_argument("--out", default="validate-out", metavar="DIR",
-                        help="output folder for certificate.json, figures and the run folder (default: validate-out)")
+    parser.add_argument("--out", default="reports/validate", metavar="DIR",
+                        help="output folder for certificate.json, figures and the run folder "
+                             "(default: reports/validate, where `iga report` also runs the checks)")
     parser.add_argument("--quick", action="store_true",
                         help="reduced replications and steps: the same checks at about a quarter of the default CPU time")
     parser.add_argument("--seeds", type=_int_at_least_two, default=None, metavar="N",
