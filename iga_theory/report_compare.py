@@ -3,15 +3,17 @@
 `add_compare_section` appends to an open matplotlib ``PdfPages``:
 
 1. the comparison table: in-domain and OOD metric of every method on every plain
-   benchmark (mean ± standard error over trial seeds), the best of each column and
-   every entry whose confidence interval overlaps it in bold;
-2. the robustness table: the shifted domain and the worst held-out domain;
+   benchmark (mean ± standard error over trial seeds). The best of each column and
+   every entry whose confidence interval overlaps it are bold. The table comes twice,
+   under the primary selection (training-domain validation) and under the defaults;
+2. the robustness table (shifted domain and worst held-out domain), the same two ways;
 3. IGA (and ERM for reference) under each model-selection method;
 4. the LCS figure: Logical Consistency Score per method on the benchmarks whose
    domains change the inputs;
 5. the basis-dependence figure: how much each method's OOD metric degrades from the
    plain to the rotated variant (and to the heteroskedastic variant), in percent of
-   its plain value.
+   its plain value, under the default hyperparameters. Selection can pick a leaky
+   mask that behaves like ERM and hides the mask's own basis dependence.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from iga_theory.tables import Summary, draw_table  # noqa: E402
 # US letter, landscape, in inches (the size of the other report pages).
 PAGE_SIZE = (11.0, 8.5)
 SELECTION_LABELS = {"train_domain": "training-domain validation", "lodo": "leave-one-domain-out",
-                    "oracle": "test-domain oracle"}
+                    "oracle": "test-domain oracle", "default": "defaults (no selection)"}
 
 
 def _cell(compare: dict, benchmark: str, method: str, metric: str, selection: str | None = None) -> Summary | None:
@@ -57,38 +59,56 @@ def _table_page(compare: dict, title: str, columns: list[tuple[str, str, str]], 
     return fig
 
 
-def _note(compare: dict, extra: str = "") -> str:
+def _note(compare: dict, selection: str | None = None, extra: str = "", chosen: str | None = None) -> str:
     config = compare["config"]
+    selection = selection or compare["primary_selection"]
     units = "; ".join(f"{name}: {info['metric']} {_arrow(info)}" for name, info in compare["benchmarks"].items()
                       if info["variant"] == "plain")
+    if chosen is None:
+        chosen = ("Default hyperparameters (draw 0) of every method" if selection == "default" else
+                  f"Hyperparameters selected by {SELECTION_LABELS[selection]} among {config['n_hparams']} draws "
+                  "(draw 0 = defaults)")
     return (f"Mean ± standard error over {config['seeds']} trial seeds; shaded: the best mean of the column; bold: "
-            f"it and every entry whose 95% t-interval overlaps it. Hyperparameters selected by "
-            f"{SELECTION_LABELS[compare['primary_selection']]} among {config['n_hparams']} draws "
-            f"(draw 0 = defaults), {config['steps']} steps per run. Metrics: {units}. "
-            f"Optimizer and mask placement in each row label (mask methods: SGD = both placements). {extra}")
+            f"it and every entry whose 95% t-interval overlaps it. {chosen}, {config['steps']} steps per run. "
+            f"Metrics: {units}. Optimizer and mask placement in each row label (mask methods: SGD = both "
+            f"placements). {extra}")
 
 
-def comparison_table_page(compare: dict):
-    """In-domain and OOD metric of every method on every plain benchmark."""
+def _selection_title(compare: dict, selection: str | None) -> str:
+    return SELECTION_LABELS[selection or compare["primary_selection"]]
+
+
+def comparison_table_page(compare: dict, selection: str | None = None):
+    """In-domain and OOD metric of every method on every plain benchmark (primary selection by default)."""
     columns = []
     for bench in _plain_benchmarks(compare):
         info = compare["benchmarks"][bench]
         columns += [(f"{bench} ID {_arrow(info)}", bench, "in_domain"), (f"{bench} OOD {_arrow(info)}", bench, "ood")]
-    rows = [(info["label"], method, None) for method, info in compare["methods"].items()]
-    return _table_page(compare, "Baselines vs IGA: in-domain (ID) and held-out-domain (OOD) metric", columns, rows,
-                       _note(compare))
+    rows = [(info["label"], method, selection) for method, info in compare["methods"].items()]
+    return _table_page(compare, "Baselines vs IGA: in-domain (ID) and held-out-domain (OOD) metric, "
+                       f"{_selection_title(compare, selection)}", columns, rows, _note(compare, selection))
 
 
-def robustness_table_page(compare: dict):
+def robustness_table_page(compare: dict, selection: str | None = None):
     """Shifted-domain and worst held-out-domain metric of every method on every plain benchmark."""
     columns = []
     for bench in _plain_benchmarks(compare):
         info = compare["benchmarks"][bench]
         columns += [(f"{bench} shifted {_arrow(info)}", bench, "shifted"),
                     (f"{bench} worst {_arrow(info)}", bench, "ood_worst")]
-    rows = [(info["label"], method, None) for method, info in compare["methods"].items()]
-    return _table_page(compare, "Shifted domain (spurious mechanism reversed) and worst held-out domain",
-                       columns, rows, _note(compare))
+    rows = [(info["label"], method, selection) for method, info in compare["methods"].items()]
+    return _table_page(compare, "Shifted domain (spurious mechanism reversed) and worst held-out domain, "
+                       f"{_selection_title(compare, selection)}", columns, rows, _note(compare, selection))
+
+
+def default_comparison_table_page(compare: dict):
+    """`comparison_table_page` under the default hyperparameters."""
+    return comparison_table_page(compare, "default")
+
+
+def default_robustness_table_page(compare: dict):
+    """`robustness_table_page` under the default hyperparameters."""
+    return robustness_table_page(compare, "default")
 
 
 def selection_table_page(compare: dict):
@@ -104,8 +124,10 @@ def selection_table_page(compare: dict):
         for selection in compare["selection_methods"]:
             rows.append((f"{info['label']} / {SELECTION_LABELS[selection]}", method, selection))
     return _table_page(compare, "Model selection: IGA (and ERM) under each selection method", columns, rows,
-                       _note(compare, "Training-domain validation rewards whatever lowers in-domain error, "
-                                      "the shortcut included, so it tends to pick the loosest mask."))
+                       _note(compare, extra="Training-domain validation rewards whatever lowers in-domain error, "
+                                            "the shortcut included, so it tends to pick the loosest mask.",
+                             chosen=f"Hyperparameters chosen by the rule in each row label among "
+                                    f"{compare['config']['n_hparams']} draws (draw 0 = defaults)"))
 
 
 def lcs_figure(compare: dict):
@@ -131,10 +153,18 @@ def lcs_figure(compare: dict):
     return fig
 
 
+def _gaps(compare: dict) -> tuple[dict, str]:
+    """Variant gaps under the defaults when present (the mask's own behaviour), else the primary selection's."""
+    if compare.get("gaps_default"):
+        return compare["gaps_default"], "default"
+    return compare.get("gaps", {}), compare["primary_selection"]
+
+
 def _relative_degradation(compare: dict, variant: str, family: str, method: str) -> tuple[float, float]:
     """OOD degradation from the plain benchmark in percent of the plain value (positive = worse), and its se."""
-    gap = compare["gaps"][variant][family].get(method)
-    plain = _cell(compare, family, method, "ood")
+    gaps, selection = _gaps(compare)
+    gap = gaps[variant][family].get(method)
+    plain = _cell(compare, family, method, "ood", selection)
     if gap is None or plain is None or plain.mean == 0:
         return np.nan, 0.0
     sign = -1.0 if compare["benchmarks"][family]["higher_is_better"] else 1.0
@@ -145,13 +175,14 @@ def _relative_degradation(compare: dict, variant: str, family: str, method: str)
 def basis_dependence_figure(compare: dict):
     """OOD degradation from the plain to the rotated (left) and heteroskedastic (right) variant."""
     methods = list(compare["methods"])
-    variants = [v for v in ("rotated", "hetero") if compare.get("gaps", {}).get(v)]
+    gaps, selection = _gaps(compare)
+    variants = [v for v in ("rotated", "hetero") if gaps.get(v)]
     fig, axes = plt.subplots(1, max(len(variants), 1), figsize=PAGE_SIZE, layout="constrained", squeeze=False)
-    fig.suptitle("Basis and scale dependence: change of the OOD metric from the plain benchmark",
-                 fontsize=13, fontweight="bold")
+    fig.suptitle("Basis and scale dependence: change of the OOD metric from the plain benchmark "
+                 f"({SELECTION_LABELS[selection]})", fontsize=13, fontweight="bold")
     fig.get_layout_engine().set(rect=(0.0, 0.05, 1.0, 0.95))   # room for the note below the axes
     for ax, variant in zip(axes[0], variants):
-        families = list(compare["gaps"][variant])
+        families = list(gaps[variant])
         width = 0.8 / max(len(families), 1)
         y = np.arange(len(methods))
         for i, family in enumerate(families):
@@ -170,8 +201,8 @@ def basis_dependence_figure(compare: dict):
     return fig
 
 
-SECTION_PAGES = (comparison_table_page, robustness_table_page, selection_table_page, lcs_figure,
-                 basis_dependence_figure)
+SECTION_PAGES = (comparison_table_page, default_comparison_table_page, robustness_table_page,
+                 default_robustness_table_page, selection_table_page, lcs_figure, basis_dependence_figure)
 
 
 def add_compare_section(pdf, compare: dict) -> int:

@@ -18,10 +18,10 @@ diagnostics (``loss`` is always there). Subclasses implement one method,
   step. Both are applied by `iga_theory.placement.MaskedOptimizer`.
 
 Hyperparameters. Each is declared once, as an `HParam` with a default and a search
-distribution. Draw number 0 of a sweep is the defaults; draw ``s > 0`` samples every
+distribution. Draw number 0 of a sweep is the defaults. Draw ``s > 0`` samples every
 hyperparameter from a generator seeded by ``(s, crc32(name))``, so adding a
-hyperparameter never changes the values drawn for the others, and every algorithm
-that shares a name (for example ``lr_factor``) gets the same draw for the same ``s``.
+hyperparameter never changes the values drawn for the others. Every algorithm that
+shares a name (for example ``lr_factor``) gets the same draw for the same ``s``.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ the model trained on all training domains with that draw:
   per draw.
 * ``oracle`` (test-domain validation): the best mean metric on samples of the
   held-out test domains (disjoint from the test samples). Not available in practice;
-  an upper reference for what selection can reach.
+  an upper reference for what selection can reach on the mean over domains.
+* ``default`` (no selection): draw 0, the declared defaults. It shows what a method
+  does before any rule trades its invariance for in-domain or mean-domain fit.
 
 Each record is a dict with ``hparam_index`` (int), ``fold`` (``"all"`` or the index
 of the left-out training domain) and ``metrics`` (a dict, or None for a run that
@@ -82,16 +84,26 @@ def select_oracle(records: list[dict], higher_is_better: bool) -> dict:
     return full[_best({i: _score(r, "oracle", higher_is_better) for i, r in full.items()})]
 
 
+def select_default(records: list[dict], higher_is_better: bool) -> dict:
+    """No selection: the full run of draw 0 (the default hyperparameters)."""
+    full = _full_runs(records)
+    if 0 not in full:
+        raise ValueError("no full run (fold 'all') of draw 0, the defaults")
+    return full[0]
+
+
 SELECTION_METHODS: dict[str, Callable[[list[dict], bool], dict]] = {
     "train_domain": select_training_domain,
     "lodo": select_leave_one_domain_out,
     "oracle": select_oracle,
+    "default": select_default,
 }
 
 SELECTION_LABELS = {
     "train_domain": "training-domain validation",
     "lodo": "leave-one-domain-out",
     "oracle": "test-domain oracle",
+    "default": "defaults (no selection)",
 }
 
 

@@ -40,6 +40,12 @@ def test_higher_is_better_flips_the_choice():
     assert select(RECORDS, "lodo", higher_is_better=True)["hparam_index"] == 0
 
 
+def test_default_rule_takes_draw_zero():
+    assert select(RECORDS, "default", higher_is_better=False)["hparam_index"] == 0
+    with pytest.raises(ValueError, match="draw 0"):
+        select([_record(1, "all", val=0.1)], "default", higher_is_better=False)
+
+
 def test_ties_go_to_defaults():
     records = [_record(2, "all", val=0.2), _record(0, "all", val=0.2), _record(1, "all", val=0.3)]
     assert select(records, "train_domain", higher_is_better=False)["hparam_index"] == 0

@@ -118,7 +118,7 @@ def test_cli_writes_compare_json(tmp_path, capsys):
                    "--out", str(tmp_path), "--workers", "1", "--no-progress"])
     assert status == 0
     summary = json.loads((tmp_path / "compare.json").read_text())
-    assert summary["selection_methods"] == ["train_domain", "oracle"]
+    assert summary["selection_methods"] == ["train_domain", "oracle", "default"]
     assert "s1 OOD risk" in capsys.readouterr().out
 
 
@@ -138,7 +138,7 @@ def test_report_section_adds_pages(tiny_run, tmp_path):
     path = tmp_path / "section.pdf"
     with PdfPages(path) as pdf:
         pages = add_compare_section(pdf, summary)
-        assert pdf.get_pagecount() == pages == 5
+        assert pdf.get_pagecount() == pages == 7
     assert path.stat().st_size > 10_000
     with pytest.raises(ValueError, match="compare.json"):
         with PdfPages(tmp_path / "bad.pdf") as pdf:
