@@ -8,8 +8,6 @@ render never leaves a truncated report behind.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
-from iga_theory.runs import _umask  # noqa: E402
+from iga_theory.runs import atomic_output  # noqa: E402
 
 # US letter, landscape, in inches.
 PAGE_SIZE = (11.0, 8.5)
@@ -313,24 +311,18 @@ PAGES = (title_page, training_page, mask_page, bound_page, rate_page)
 def render_pdf(results: dict, path: str | Path, extra_sections=()) -> Path:
     """Write the report to ``path`` (atomically); ``extra_sections`` are callables ``f(pdf)``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())
-    try:
-        with PdfPages(tmp, metadata={"Title": "IGA synthetic report", "Subject": json.dumps(
-                {"seed": results["seed"], "schema_version": results["schema_version"]})}) as pdf:
-            for page in PAGES:
-                fig = page(results)
-                pdf.savefig(fig)
-                plt.close(fig)
-            for section in extra_sections:
-                section(pdf)
-            for fig in table_pages(results):
-                pdf.savefig(fig)
-                plt.close(fig)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    metadata = {"Title": "IGA synthetic report",
+                "Subject": json.dumps({"seed": results["seed"], "schema_version": results["schema_version"]})}
+    with atomic_output(path) as tmp, PdfPages(tmp, metadata=metadata) as pdf:
+        for page in PAGES:
+            fig = page(results)
+            pdf.savefig(fig)
+            plt.close(fig)
+
+        for section in extra_sections:
+            section(pdf)
+
+        for fig in table_pages(results):
+            pdf.savefig(fig)
+            plt.close(fig)
     return path

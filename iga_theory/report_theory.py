@@ -367,17 +367,9 @@ def add_theory_section(pdf: PdfPages, certificate: dict, figures_data: dict) -> 
 
 def write_theory_pdf(path: str | Path, certificate: dict, figures_data: dict) -> Path:
     """Write the theory pages as a standalone PDF (through a temporary file, then moved into place)."""
-    import os
-    import tempfile
+    from iga_theory.runs import atomic_output
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with PdfPages(tmp) as pdf:
-            add_theory_section(pdf, certificate, figures_data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, PdfPages(tmp) as pdf:
+        add_theory_section(pdf, certificate, figures_data)
     return path

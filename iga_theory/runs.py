@@ -91,25 +91,34 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and `os.replace`.
+@contextlib.contextmanager
+def atomic_output(path: str | Path):
+    """Yield a temporary path beside ``path``; move it onto ``path`` when the block succeeds.
 
-    The file gets the permissions of a normally created file (0666 minus the umask),
-    not the 0600 of `tempfile.mkstemp`.
+    The temporary file is named ``.NAME.XXXXXXXX.tmp`` (see `remove_stale_temporaries`)
+    and gets the permissions of a normally created file (0666 minus the umask), not the
+    0600 of `tempfile.mkstemp`. On any exception it is deleted and ``path`` is untouched.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsync and `os.replace`."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 # Name of the temporary file of an atomic write of NAME: `tempfile.mkstemp` with prefix

@@ -31,11 +31,12 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Iterable
+
+from iga_theory.runs import atomic_write_bytes
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test_id", "test_ood")
 REQUIRED_FIELDS: tuple[str, ...] = (
@@ -451,13 +452,6 @@ def dumps_item(item: IsomerItem) -> str:
     return json.dumps(item.to_record(), ensure_ascii=False, separators=(", ", ": "))
 
 
-def _new_file_mode() -> int:
-    """Return the mode that ``open`` would give a new file under the current umask."""
-    umask = os.umask(0o022)  # reading the umask requires setting it; restored at once
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def write_jsonl(items: Iterable[IsomerItem], path: str | os.PathLike) -> Path:
     """Write items as UTF-8 JSONL, atomically (temporary file, fsync, ``os.replace``).
 
@@ -473,15 +467,5 @@ def write_jsonl(items: Iterable[IsomerItem], path: str | os.PathLike) -> Path:
         raise IsomerFormatError("items to write", problems)
     path = Path(path)
     payload = "".join(dumps_item(item) + "\n" for item in items).encode("utf-8")
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp_name, _new_file_mode())  # mkstemp creates files readable by the owner only
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, payload)
     return path

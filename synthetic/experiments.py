@@ -31,8 +31,8 @@ from iga_theory.synthetic.training import MaskOptions, stack_second_moments, tra
 
 logger = logging.getLogger(__name__)
 
-# Version of the stored cell format; part of the run folder's hash, so that cells written
-# by an older version of this module are never mixed with new ones.
+# Version of the stored cell format. It is part of the run folder's hash, so cells
+# written by an older version of this module are never mixed with new ones.
 CELL_VERSION = 2
 # Predictors certified in the bound experiment: trained at each K, and fixed across K.
 BOUND_METHODS = ("erm", "iga", "erm_fixed", "iga_fixed")
@@ -165,7 +165,7 @@ def fixed_predictors(model: S1Model, config, seed: int) -> dict[str, np.ndarray]
 
 def bound_cell(model: S1Model, config, seed: int, K: int, rep: int, reference: np.ndarray,
                fixed: dict[str, np.ndarray]) -> dict:
-    """One (K, repetition) cell: train ERM and IGA on K domains, certify on K fresh ones.
+    """Train ERM and IGA on K domains and certify them on K fresh ones: one (K, repetition) cell.
 
     The fixed predictors of `fixed_predictors` are certified on the same fresh domains.
     """
@@ -253,7 +253,7 @@ def bound_vs_domains(model: S1Model, config, seed: int, run=None, progress: bool
 
 
 def rate_cell(model: S1Model, config, seed: int, T: int, rep: int) -> dict:
-    """One SGD run of T steps with the lagged EMA mask; Theorem 1's two sides."""
+    """Run SGD for T steps with the lagged EMA mask and return both sides of Theorem 1."""
     r = config.rate
     domains = model.draw_domains(r.n_domains, cell_rng(seed, RATE_STREAM))  # shared by all cells
     rng = cell_rng(seed, RATE_STREAM, T, rep)
@@ -287,7 +287,7 @@ def rate_cell(model: S1Model, config, seed: int, T: int, rep: int) -> dict:
         if not guard.check({"theta": g}, step=t):
             continue  # skipped step: theta, the EMA and the mask stay as they are
         theta = theta - eta * mask * g.mean(axis=0)
-        # Lagged operator: the mask of step t + 1 sees minibatches up to t only.
+        # Lagged operator: the mask of step t + 1 depends on minibatches up to t only.
         ema = r.ema_rate * ema + (1.0 - r.ema_rate) * g
         mask = cgcm.conflict_mask(ema, **options)
 

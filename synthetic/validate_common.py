@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from iga_theory.config import field
+from iga_theory.synthetic.experiments import cell_rng  # noqa: F401 (re-exported for the validate_* modules)
 
 
 @dataclass
@@ -126,10 +127,6 @@ def with_seeds(config: ValidateConfig, seeds: int | None) -> ValidateConfig:
         config.t1.seeds = int(seeds)
     return config
 
-
-def cell_rng(seed: int, *key: int) -> np.random.Generator:
-    """Independent generator of one experiment cell, derived from the master seed and a key."""
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=tuple(int(k) for k in key)))
 
 
 def to_jsonable(value):
